@@ -1,0 +1,257 @@
+"""GPT-2 in Flax (linen), functional: `logits = GPT(cfg).apply({"params": params}, tokens)`.
+
+The math is GPT-2's (Radford et al. 2019; openai/gpt-2 `src/model.py`): pre-LayerNorm blocks, GELU with the tanh
+approximation, learned position embeddings, causal self-attention, a final LayerNorm and an LM head tied to the
+token embedding. Module names are GPT-2's own (wte, wpe, h, ln_1, attn/c_attn, attn/c_proj, ln_2, mlp/c_fc,
+mlp/c_proj, ln_f) so official weights map onto this tree by name (see `gpt2jax.hf`).
+
+The layers are one `nn.scan` over a stacked `h` (leading axis "layers"), so compile time does not grow with depth.
+Every parameter carries logical axis names; `gpt2jax.sharding` maps them to mesh axes. Without a mesh the
+annotations are no-ops and the same code runs on one device.
+
+Shapes in comments: B batch, T query length, S key length, C n_embd, N n_head, H head_dim, V vocabulary rows,
+L n_layer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt2jax.config import GPTConfig
+
+INIT_STD = 0.02  # GPT-2: weights ~ N(0, 0.02) (openai/gpt-2 model.py, nanoGPT, HF GPT2 _init_weights)
+
+REMAT_POLICY_FNS = {
+    "full": None,  # save nothing, recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _partitioned(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, name: str) -> nn.Dense:
+    # Flax kernels are (in, out) like GPT-2's Conv1D weights.
+    return nn.Dense(
+        features,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        kernel_init=_partitioned(nn.initializers.normal(std), axes),
+        bias_init=_partitioned(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_epsilon,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.float32,
+        scale_init=_partitioned(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_partitioned(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+def causal_mask(q_offset, q_len: int, kv_len: int, kv_valid=None):
+    """Boolean (B or 1, 1, T, S) mask: query i (at slot q_offset + i) sees key slot j iff j <= q_offset + i.
+
+    kv_valid: optional (B, S) bool marking key slots that hold real tokens (False for left padding).
+    """
+    q_slot = q_offset + jnp.arange(q_len)[:, None]  # (T, 1)
+    k_slot = jnp.arange(kv_len)[None, :]  # (1, S)
+    mask = (k_slot <= q_slot)[None, None]  # (1, 1, T, S)
+    if kv_valid is not None:
+        mask = mask & kv_valid[:, None, None, :]
+    return mask
+
+
+def reference_attention(q, k, v, mask, dropout_fn=None):
+    """Hand-written softmax attention. q (B, T, N, H), k/v (B, S, N, H), mask broadcastable to (B, N, T, S)."""
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, N, T, S)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout_fn is not None:
+        probs = dropout_fn(probs)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)  # (B, T, N, H)
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: GPTConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, layer_cache=None, cache_index=None, kv_valid=None):
+        cfg = self.cfg
+        B, T, C = x.shape
+        N, H = cfg.n_head, cfg.head_dim
+        qkv = _dense(cfg, 3 * C, ("embed", "qkv"), INIT_STD, "c_attn")(x)  # (B, T, 3C)
+        q, k, v = (t.reshape(B, T, N, H) for t in jnp.split(qkv, 3, axis=-1))
+
+        new_cache = None
+        if layer_cache is None:  # training / full forward: keys are the queries' own positions
+            mask, is_causal = None, True
+        else:  # incremental decoding: write this chunk's keys/values at cache_index, attend to the whole cache
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
+            new_cache = {"k": k, "v": v}  # (B, S, N, H) each
+            mask, is_causal = causal_mask(cache_index, T, k.shape[1], kv_valid), False
+
+        attn_dropout = cfg.dropout > 0 and not self.deterministic
+        if cfg.attention == "reference" or attn_dropout:
+            # jax.nn.dot_product_attention has no dropout, so training with attention dropout takes this path.
+            dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic) if attn_dropout else None
+            full_mask = mask if mask is not None else causal_mask(0, T, k.shape[1])
+            y = reference_attention(q, k, v, full_mask, dropout)
+        else:
+            y = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=is_causal,
+                implementation=cfg.attention,
+            )  # (B, T, N, H)
+        y = y.reshape(B, T, C)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) (two residual adds per block).
+        y = _dense(cfg, C, ("heads", "embed"), INIT_STD / math.sqrt(2 * cfg.n_layer), "c_proj")(y)
+        y = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(y)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    cfg: GPTConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        h = _dense(cfg, 4 * cfg.n_embd, ("embed", "mlp"), INIT_STD, "c_fc")(x)  # (B, T, 4C)
+        h = jax.nn.gelu(h, approximate=True)  # GPT-2's gelu is the tanh approximation
+        h = _dense(cfg, cfg.n_embd, ("mlp", "embed"), INIT_STD / math.sqrt(2 * cfg.n_layer), "c_proj")(h)
+        return nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h)
+
+
+class Block(nn.Module):
+    """One pre-LN transformer block, shaped for nn.scan: (carry x, per-layer input) -> (x, per-layer output)."""
+
+    cfg: GPTConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, layer_cache, cache_index, kv_valid):
+        cfg, det = self.cfg, self.deterministic
+        y, new_cache = CausalSelfAttention(cfg, det, name="attn")(
+            _layer_norm(cfg, "ln_1")(x), layer_cache, cache_index, kv_valid
+        )
+        x = x + y
+        x = x + MLP(cfg, det, name="mlp")(_layer_norm(cfg, "ln_2")(x))
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_seq", "activation_embed"))
+        return x, new_cache
+
+
+class GPT(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, *, deterministic: bool = True, cache=None, cache_index=None,
+                 kv_valid=None):
+        """tokens (B, T) int -> logits (B, T, V) float32.
+
+        positions: (B, T) position ids; default arange(T) (left-padded batches pass their own).
+        cache: {"k", "v"} each (L, B, S, N, H) from `init_cache`; then the call writes this chunk at slot
+        `cache_index`, attends to key slots marked True in kv_valid (B, S), and returns (logits, new_cache).
+        """
+        cfg = self.cfg
+        B, T = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+        dtype = jnp.dtype(cfg.dtype)
+        wte = nn.Embed(cfg.embedding_rows, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("vocab", "embed")), name="wte")
+        wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("positions", "embed")),
+                       name="wpe")
+        x = wte(tokens) + wpe(positions)  # (B, T, C)
+        x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_seq", "activation_embed"))
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICY_FNS[cfg.remat], prevent_cse=False)
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast),  # layer_cache scanned over layers; the rest shared
+            length=cfg.n_layer,
+            unroll=cfg.scan_unroll,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, new_cache = stack(cfg, deterministic, name="h")(x, cache, cache_index, kv_valid)
+
+        x = _layer_norm(cfg, "ln_f")(x)
+        logits = wte.attend(x).astype(jnp.float32)  # (B, T, V) tied LM head
+        if cfg.embedding_rows > cfg.vocab_size:  # padded rows are not tokens: they must never win
+            logits = jnp.where(jnp.arange(cfg.embedding_rows) < cfg.vocab_size, logits, -jnp.inf)
+        return logits if cache is None else (logits, new_cache)
+
+
+# ---- helpers around the module -----------------------------------------------------------------------------
+
+def init_params(cfg: GPTConfig, key: jax.Array) -> dict[str, Any]:
+    """Random GPT-2-initialised parameters (plain arrays, float32)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return nn.meta.unbox(GPT(cfg).init(key, tokens)["params"])
+
+
+def abstract_params(cfg: GPTConfig) -> dict[str, Any]:
+    """Parameter shapes without allocating them: a tree of jax.ShapeDtypeStruct."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def logical_axes(cfg: GPTConfig):
+    """The logical axis names of every parameter, as a tree of PartitionSpec (e.g. P('layers', 'embed', 'mlp'))."""
+    boxed = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(params) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def param_count(cfg: GPTConfig) -> int:
+    """Parameters of a config, from shapes alone (the tied head is counted once, as in GPT-2)."""
+    return count_params(abstract_params(cfg))
+
+
+def init_cache(cfg: GPTConfig, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
+    """An empty key/value cache for `length` slots: {"k", "v"} each (L, B, S, N, H)."""
+    shape = (cfg.n_layer, batch, length, cfg.n_head, cfg.head_dim)
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def token_nll(logits, targets):
+    """Per-token negative log-likelihood in float32. logits (..., V), targets (...) int -> (...)."""
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def mean_loss(logits, targets, weights=None):
+    """Mean next-token cross-entropy; weights (same shape as targets) select which targets count."""
+    nll = token_nll(logits, targets)
+    if weights is None:
+        return nll.mean()
+    weights = weights.astype(jnp.float32)
+    return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def flops_per_token(cfg: GPTConfig, seq_len: int) -> int:
+    """Training FLOPs per token, forward + backward = 3x forward (PaLM appendix B / nanoGPT estimate_mfu):
+    6 * N_params_non_embedding + 12 * L * T * C (attention scores and values)."""
+    n = param_count(cfg) - cfg.n_positions * cfg.n_embd  # position embeddings are lookups, not matmuls
+    return 6 * n + 12 * cfg.n_layer * seq_len * cfg.n_embd
