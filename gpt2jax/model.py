@@ -166,6 +166,8 @@ class GPT(nn.Module):
         """
         cfg = self.cfg
         B, T = tokens.shape
+        if cache is None:
+            cfg.check_tokens(T)  # static shape: fails at trace time, before any compile
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T), (B, T))
         dtype = jnp.dtype(cfg.dtype)
