@@ -1,0 +1,166 @@
+"""Model structure and equivalences: parameter counts, scan/unroll, remat, attention paths, padding, KV cache."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt2jax.config import GPT2_PRESETS, GPTConfig
+from gpt2jax.model import GPT, init_cache, init_params, logical_axes, mean_loss, param_count
+
+OFFICIAL_PARAM_COUNTS = {  # the released checkpoints' sizes (tied head, 50257-token vocabulary)
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+}
+
+TINY = GPTConfig(n_layer=3, n_head=4, n_embd=32, n_positions=32, vocab_size=97)
+
+
+@pytest.mark.parametrize("name", sorted(GPT2_PRESETS))
+def test_official_parameter_counts(name):
+    # Counted from the shapes jax.eval_shape gives for the config: nothing is allocated or hard-coded.
+    assert param_count(GPTConfig.preset(name)) == OFFICIAL_PARAM_COUNTS[name]
+
+
+def test_parameter_names_and_logical_axes():
+    axes = logical_axes(TINY)
+    assert set(axes) == {"wte", "wpe", "h", "ln_f"}
+    assert set(axes["h"]) == {"ln_1", "attn", "ln_2", "mlp"}
+    assert tuple(axes["h"]["attn"]["c_attn"]["kernel"]) == ("layers", "embed", "qkv")
+    assert tuple(axes["h"]["mlp"]["c_proj"]["kernel"]) == ("layers", "mlp", "embed")
+    assert tuple(axes["wte"]["embedding"]) == ("vocab", "embed")
+    for spec in jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
+        assert all(name is not None for name in spec), "every parameter axis has a logical name"
+
+
+def _loss_and_grads(cfg, params, tokens):
+    def loss_fn(p):
+        return mean_loss(GPT(cfg).apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])
+
+    return jax.value_and_grad(loss_fn)(params)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(scan_unroll=3), dict(remat="full"), dict(remat="dots"), dict(attention="reference"),
+     dict(scan_unroll=3, remat="full", attention="reference")],
+    ids=["unrolled", "remat_full", "remat_dots", "reference_attention", "all_three"],
+)
+def test_variants_match_baseline(variant):
+    """Scan vs unrolled layers, remat on vs off, dot_product_attention vs reference: same outputs and grads."""
+    params = init_params(TINY, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, TINY.vocab_size)
+    base_logits = GPT(TINY).apply({"params": params}, tokens)
+    base_loss, base_grads = _loss_and_grads(TINY, params, tokens)
+    other = TINY.replace(**variant)
+    logits = GPT(other).apply({"params": params}, tokens)
+    loss, grads = _loss_and_grads(other, params, tokens)
+    assert _rel(logits, base_logits) <= 1e-5
+    assert _rel(loss, base_loss) <= 1e-5
+    for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
+        assert _rel(g, g0) <= 1e-5
+
+
+def test_attention_matches_float64_recomputation():
+    """The whole forward pass against an independent float64 numpy GPT-2."""
+    params = init_params(TINY, jax.random.key(2))
+    tokens = np.asarray(jax.random.randint(jax.random.key(3), (2, 9), 0, TINY.vocab_size))
+    ours = np.asarray(GPT(TINY).apply({"params": params}, tokens), np.float64)
+    ref = _numpy_gpt2(jax.tree.map(lambda x: np.asarray(x, np.float64), params), tokens, TINY)
+    assert np.max(np.abs(ours - ref)) <= 1e-4
+
+
+def _numpy_gpt2(p, tokens, cfg):
+    def ln(x, g, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + cfg.layer_norm_epsilon) * g + b
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+    B, T = tokens.shape
+    N, H = cfg.n_head, cfg.head_dim
+    x = p["wte"]["embedding"][tokens] + p["wpe"]["embedding"][np.arange(T)]
+    causal = np.tril(np.ones((T, T), bool))
+    for i in range(cfg.n_layer):
+        h = jax.tree.map(lambda a: a[i], p["h"])
+        a = ln(x, h["ln_1"]["scale"], h["ln_1"]["bias"])
+        qkv = a @ h["attn"]["c_attn"]["kernel"] + h["attn"]["c_attn"]["bias"]
+        q, k, v = (t.reshape(B, T, N, H).transpose(0, 2, 1, 3) for t in np.split(qkv, 3, -1))
+        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(H)
+        s = np.where(causal, s, -np.inf)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        y = (w @ v).transpose(0, 2, 1, 3).reshape(B, T, -1)
+        x = x + y @ h["attn"]["c_proj"]["kernel"] + h["attn"]["c_proj"]["bias"]
+        m = ln(x, h["ln_2"]["scale"], h["ln_2"]["bias"])
+        m = gelu(m @ h["mlp"]["c_fc"]["kernel"] + h["mlp"]["c_fc"]["bias"])
+        x = x + m @ h["mlp"]["c_proj"]["kernel"] + h["mlp"]["c_proj"]["bias"]
+    x = ln(x, p["ln_f"]["scale"], p["ln_f"]["bias"])
+    return x @ p["wte"]["embedding"].T
+
+
+def test_padded_vocab_never_wins_and_matches_unpadded():
+    padded = TINY.replace(padded_vocab_size=128)
+    params = init_params(padded, jax.random.key(4))
+    # Make the padded rows as attractive as possible: they must still never be chosen.
+    params["wte"]["embedding"] = params["wte"]["embedding"].at[TINY.vocab_size:].set(10.0)
+    tokens = jax.random.randint(jax.random.key(5), (2, 12), 0, TINY.vocab_size)
+    logits = GPT(padded).apply({"params": params}, tokens)
+    assert logits.shape[-1] == 128
+    assert bool(jnp.all(jnp.argmax(logits, -1) < TINY.vocab_size))
+    assert bool(jnp.all(jax.nn.softmax(logits)[..., TINY.vocab_size:] == 0))
+    # Same loss as the unpadded model holding the real rows.
+    real = dict(params, wte={"embedding": params["wte"]["embedding"][: TINY.vocab_size]})
+    loss_padded = mean_loss(logits[:, :-1], tokens[:, 1:])
+    loss_real = mean_loss(GPT(TINY).apply({"params": real}, tokens)[:, :-1], tokens[:, 1:])
+    np.testing.assert_allclose(loss_padded, loss_real, rtol=1e-6)
+    grads = jax.grad(lambda p: mean_loss(GPT(padded).apply({"params": p}, tokens)[:, :-1], tokens[:, 1:]))(params)
+    assert bool(jnp.all(jnp.isfinite(grads["wte"]["embedding"])))
+
+
+def test_kv_cache_chunks_match_full_forward():
+    params = init_params(TINY, jax.random.key(6))
+    tokens = jax.random.randint(jax.random.key(7), (2, 10), 0, TINY.vocab_size)
+    full = GPT(TINY).apply({"params": params}, tokens)
+    cache = init_cache(TINY, 2, 16)
+    valid = jnp.ones((2, 16), bool)
+    pieces, start = [], 0
+    for size in (4, 1, 1, 3, 1):
+        pos = jnp.broadcast_to(jnp.arange(start, start + size), (2, size))
+        logits, cache = GPT(TINY).apply({"params": params}, tokens[:, start:start + size], pos, cache=cache,
+                                        cache_index=start, kv_valid=valid)
+        pieces.append(logits)
+        start += size
+    np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+
+
+def test_dropout_only_in_training_and_seeded():
+    cfg = TINY.replace(dropout=0.2)
+    params = init_params(cfg, jax.random.key(8))
+    tokens = jax.random.randint(jax.random.key(9), (2, 8), 0, cfg.vocab_size)
+    evals = [GPT(cfg).apply({"params": params}, tokens) for _ in range(2)]
+    np.testing.assert_array_equal(evals[0], evals[1])
+    np.testing.assert_array_equal(evals[0], GPT(TINY).apply({"params": params}, tokens))
+    train = lambda seed: GPT(cfg).apply({"params": params}, tokens, deterministic=False,
+                                        rngs={"dropout": jax.random.key(seed)})
+    np.testing.assert_array_equal(train(1), train(1))
+    assert not np.allclose(train(1), train(2))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    cfg = TINY.replace(dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(10))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    tokens = jax.random.randint(jax.random.key(11), (2, 8), 0, cfg.vocab_size)
+    logits = GPT(cfg).apply({"params": params}, tokens)
+    assert logits.dtype == jnp.float32
+    ref = GPT(TINY).apply({"params": params}, tokens)
+    assert float(jnp.max(jnp.abs(logits - ref))) < 0.05  # bf16 has ~3 significant digits
