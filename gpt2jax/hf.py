@@ -72,7 +72,7 @@ def resolve_hf_dir(path_or_id: str) -> Path:
             f"{path_or_id!r} is not a local directory, and fetching it from the hub needs `pip install "
             f"huggingface_hub`.\n{offline_help(path_or_id)}"
         ) from None
-    files = ["config.json", "model.safetensors"]
+    files = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
     try:  # already downloaded earlier? then no network at all
         return Path(huggingface_hub.snapshot_download(path_or_id, allow_patterns=files, local_files_only=True))
     except Exception:
@@ -116,19 +116,38 @@ def load_hf(path_or_id: str, **config_overrides) -> tuple[GPTConfig, dict[str, A
     from safetensors.numpy import load_file
 
     directory = resolve_hf_dir(path_or_id)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} is missing: a Hugging Face GPT-2 directory needs config.json")
-    if not weights_path.is_file():
-        hint = " (found pytorch_model.bin: re-save it with `save_pretrained(dir, safe_serialization=True)`)" \
-            if (directory / "pytorch_model.bin").exists() else ""
-        raise CheckpointError(f"{weights_path} is missing{hint}; gpt2jax reads safetensors only")
     cfg = config_from_hf(json.loads(config_path.read_text()), **config_overrides)
-    try:
-        tensors = load_file(str(weights_path))
-    except Exception as e:
-        raise CheckpointError(f"{weights_path} could not be read as safetensors: {e}") from None
+    weight_files = safetensors_files(directory)
+    tensors = {}
+    for path in weight_files:
+        try:
+            tensors.update(load_file(str(path)))
+        except Exception as e:
+            raise CheckpointError(f"{path} could not be read as safetensors: {e}") from None
+    weights_path = weight_files[0] if len(weight_files) == 1 else directory / SHARD_INDEX
     return cfg, params_from_hf_tensors(cfg, tensors, source=str(weights_path))
+
+
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """model.safetensors, or the shards that model.safetensors.index.json lists (save_pretrained splits > 5 GB)."""
+    single, index = directory / "model.safetensors", directory / SHARD_INDEX
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {missing}")
+        return [directory / s for s in shards]
+    hint = " (found pytorch_model.bin: re-save it with `save_pretrained(dir, safe_serialization=True)`)" \
+        if (directory / "pytorch_model.bin").exists() else ""
+    raise CheckpointError(f"{single} is missing{hint}; gpt2jax reads safetensors only")
 
 
 def params_from_hf_tensors(cfg: GPTConfig, tensors: dict[str, np.ndarray], source: str = "checkpoint"):

@@ -105,3 +105,16 @@ def test_wrong_shapes_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"tensor 'wte.weight' has shape \(50257, 64\), expected \(50257, 32\)"):
         load_hf(str(tmp_path))
+
+
+def test_sharded_safetensors_checkpoint(tmp_path):
+    """save_pretrained splits big models (gpt2-xl at the default 5 GB) into shards + an index: both load."""
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(_hf_config("tiny")).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="2MB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    cfg, params = load_hf(str(tmp_path))
+    tokens = np.random.default_rng(2).integers(0, 50257, size=(1, 20))
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens)).logits.numpy()
+    assert np.max(np.abs(np.asarray(GPT(cfg).apply({"params": params}, tokens)) - ref)) <= 1e-4
