@@ -1,0 +1,138 @@
+"""Training metrics: `metrics.jsonl` (one JSON record per line), TensorBoard events, MFU, a loss-curve plot.
+
+Records have a "kind": "train" (step, loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s), "eval" (step,
+val_loss, val_ppl over fixed validation batches) or "final" (step, val_loss, val_ppl over the whole val split,
+scored with sliding windows). `step` is the number of optimizer updates completed.
+
+MFU (model FLOPs utilisation) = flops_per_token * tokens/s / peak FLOP/s, with the FLOP count of
+`gpt2jax.model.flops_per_token` (6 N + 12 L T C per token for forward + backward, PaLM appendix B) and the peak
+of the devices (dense bf16 datasheet numbers for accelerators; on CPU the peak is measured, see `peak_flops`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+# Dense bf16 peak FLOP/s per chip from vendor datasheets (no sparsity), matched against jax's device_kind.
+PEAK_FLOPS_BY_KIND = {
+    "H200": 989e12, "H100": 989e12,  # NVIDIA H100/H200 SXM datasheet
+    "A100": 312e12,  # NVIDIA A100 datasheet (the number nanoGPT's estimate_mfu uses)
+    "L4": 121e12, "A10G": 70e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+}
+
+
+def measure_cpu_flops(n: int = 1024, repeats: int = 5) -> float:
+    """Host matmul FLOP/s in float32 (best of `repeats` n x n x n products). Simulated CPU devices share the
+    host's cores, so this is the peak of all of them together."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_flops(devices, override: float = 0.0) -> float | None:
+    """Peak FLOP/s of all `devices` together; override > 0 is taken as the per-device peak."""
+    if override > 0:
+        return override * len(devices)
+    if devices[0].platform == "cpu":
+        return measure_cpu_flops()
+    kind = devices[0].device_kind
+    for name, flops in PEAK_FLOPS_BY_KIND.items():
+        if name.lower() in kind.lower():
+            return flops * len(devices)
+    return None  # unknown accelerator: MFU is left out unless --config.train.peak_flops is given
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float | None:
+    return None if not peak else flops_per_token * tokens_per_s / peak
+
+
+class MetricsLogger:
+    """Appends records to run_dir/metrics.jsonl and mirrors numeric fields to TensorBoard (`<kind>/<field>`).
+    Only the writing process (process 0) should pass enabled=True."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self.tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rewind_metrics(run_dir: Path, step: int) -> int:
+    """Before resuming at `step`: move records of later steps (logged after the checkpoint the run resumes
+    from) to metrics.rewound.jsonl, so metrics.jsonl reads as one uninterrupted run. Returns how many moved."""
+    records = read_metrics(run_dir)
+    # a "final" record at the resume step belongs to the run's end and is redone when it ends again
+    later = [r for r in records if r["step"] > step or (r["kind"] == "final" and r["step"] >= step)]
+    if later:
+        with open(Path(run_dir) / "metrics.rewound.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in later)
+        (Path(run_dir) / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records if r not in later))
+    return len(later)
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """Train and validation loss against step, saved as run_dir/loss.png."""
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+    val = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label, style in ((train, "train (batch)", "-"), (val, "val (fixed batches)", "o-")):
+        if points:
+            ax.plot(*np.array(points).T, style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,117 @@
+"""The training config schema (an ml_collections ConfigDict) and the checks that run before anything is built.
+
+Config files under `configs/` start from `base_config()` and change what they need; the command line changes
+any field with `--config.<section>.<field>=value`. Sections:
+    name, run_root   the run directory is <run_root>/<name>
+    seed             parameter init, dropout and data order
+    model            GPTConfig fields; vocab_size = 0 takes the data tokenizer's vocabulary
+    data             dir (a prepared dataset), tokenizer ("" = whatever the data has, or gpt2 / char), seq_len
+    optim            AdamW + warmup/cosine + clipping (see gpt2jax.optim)
+    train            steps, batch, logging, eval, checkpoints, sampling
+    mesh             device mesh sizes {data, fsdp, tensor}, one may be -1 (see gpt2jax.sharding)
+    sharding_rules   logical axis -> mesh axes, recorded so that a run dir says how it was sharded
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.sharding import DEFAULT_RULES, data_parallel_size, make_mesh, normalize_rules
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "run"
+    c.run_root = "runs"
+    c.seed = 0
+
+    c.model = GPTConfig().to_dict()
+    c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size, filled in from the data
+    c.model.padded_vocab_size = 0
+
+    c.data = ml_collections.ConfigDict(dict(dir="data/prepared/shakespeare", tokenizer="", seq_len=256))
+
+    # nanoGPT train.py defaults (GPT-2 124M on OpenWebText).
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0,  # decay_steps 0: decay until train.max_steps
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        max_steps=1000,
+        stop_at=0,  # > 0: stop after this step with a checkpoint, as if interrupted (schedule still uses max_steps)
+        batch_size=8,  # rows per micro-batch over all devices
+        grad_accum=1,  # micro-batches per optimizer step (summed inside the jitted step)
+        log_every=10,
+        eval_every=100,  # also checkpoints, samples and keeps the best checkpoint at these steps
+        eval_batches=20,  # fixed validation batches per periodic eval
+        eval_batch_size=0,  # 0: batch_size
+        eval_at_start=False,
+        checkpoint_every=0,  # 0: eval_every
+        keep_checkpoints=3,
+        keep_best=True,
+        async_checkpoint=True,
+        resume=True,  # continue from the run dir's latest checkpoint; False refuses to touch a run dir with one
+        sample_tokens=100,  # 0: no samples at evals
+        sample_prompt="\n",
+        sample_temperature=0.8,
+        sample_top_k=200,
+        final_eval=True,  # score the whole val split with sliding windows at the end
+        final_eval_stride=0,  # 0: seq_len // 2
+        tensorboard=True,
+        progress=True,
+        plot=True,
+        peak_flops=0.0,  # per device, for MFU; 0: datasheet table / measured on CPU
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = tuple(tuple(r) for r in DEFAULT_RULES)
+    return c
+
+
+def model_config(config, tokenizer) -> GPTConfig:
+    """The GPTConfig of a training config once the data's tokenizer is known."""
+    d = dict(config.model.to_dict())
+    if d.get("vocab_size", 0) == 0:
+        d["vocab_size"] = tokenizer.n_vocab
+    elif d["vocab_size"] < tokenizer.n_vocab:
+        raise ConfigError(f"model.vocab_size={d['vocab_size']} is smaller than the data tokenizer's "
+                          f"{tokenizer.n_vocab} tokens; use 0 to take the tokenizer's size")
+    return GPTConfig.from_dict(d)
+
+
+def check_train_config(config) -> None:
+    """Checks that need neither data nor devices."""
+    t, o = config.train, config.optim
+    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
+                 "keep_checkpoints"):
+        if int(t[name]) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {t[name]}")
+    if config.data.seq_len < 1:
+        raise ConfigError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
+    if not 0 <= t.stop_at <= t.max_steps:
+        raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.max_steps={t.max_steps}]")
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0, got lr={o.lr}, min_lr={o.min_lr}")
+    if not config.name or "/" in config.name:
+        raise ConfigError(f"name={config.name!r} must be a non-empty directory name (no '/')")
+
+
+def mesh_and_rules(config, devices=None):
+    """The device mesh and the sharding rules of a config, after checking that the batch splits evenly."""
+    mesh = make_mesh(dict(config.mesh), devices)
+    rules = normalize_rules(config.sharding_rules)
+    dp = data_parallel_size(mesh, rules)
+    eval_bs = config.train.eval_batch_size or config.train.batch_size
+    for field, value in (("batch_size", config.train.batch_size), ("eval_batch_size", eval_bs)):
+        if value % dp:
+            raise ConfigError(
+                f"train.{field}={value} is not divisible by the {dp} data-parallel devices (mesh "
+                f"{dict(mesh.shape)}; the batch is split over {_batch_axes(rules)}). Use a multiple of {dp}, "
+                f"e.g. --config.train.{field}={max(dp, value // dp * dp)}, or change --config.mesh.*."
+            )
+    return mesh, rules
+
+
+def _batch_axes(rules) -> str:
+    return " x ".join(str(a) for a in dict(rules).get("activation_batch") or ("nothing",))
