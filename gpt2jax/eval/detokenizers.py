@@ -21,9 +21,8 @@ Rule = tuple[str, str, str]
 WIKITEXT_RULES: tuple[Rule, ...] = (
     # contractions: a possessive apostrophe after a plural s ("players ' union" -> "players' union")
     ("text", "s '", "s'"),
-    # Megatron's rule written with slashes inside the pattern, so it only matches a literal "/' 5/" (kept as
-    # published; it changes nothing in WikiText).
-    ("regex", r"/' [0-9]/", r"/'[0-9]/"),
+    # (Megatron-LM's next rule, re.sub(r"/' [0-9]/", r"/'[0-9]/"), is omitted: its pattern needs literal slashes,
+    # so it never matches WikiText, and when it does it writes the literal text "[0-9]".)
     # number separators: WikiText writes 1,000 as "1 @,@ 000", 3.5 as "3 @.@ 5", well-known as "well @-@ known"
     ("text", " @-@ ", "-"),
     ("text", " @,@ ", ","),
