@@ -1,0 +1,463 @@
+"""Text generation with a key/value cache: prefill the prompt once, then one token per step in a compiled loop.
+
+    ids = generate(cfg, params, [[464, 2068, 7586, 21831]], max_new_tokens=50, temperature=0.0)   # greedy
+    texts = generate_text(cfg, params, tokenizer, ["The quick brown fox"], 50, top_k=40, seed=1)
+
+How it runs (everything after the host-side checks is one XLA program per bucket):
+- Prompts of different lengths are LEFT-padded to a common prompt length P, so every row's last prompt token
+  sits in the same slot and the decode loop writes one slot per step for the whole batch. A row with pad
+  slots `pad` gets position ids `slot - pad` (0 at its first real token, as if it were alone) and a
+  `kv_valid` mask that hides its pad slots from attention. This is what Hugging Face does with
+  `attention_mask` (position_ids = cumsum(mask) - 1 in `GenerationMixin.prepare_inputs_for_generation`).
+- Prefill: one forward pass over the (B, P) prompt block writes cache slots [0, P) and gives the first token.
+- Decode: a `lax.while_loop` feeds the last token at slot P + k - 1, samples token k, and stops when
+  `max_new_tokens` are done or every row has emitted `eot_id`. The cache lives in the loop carry, so XLA
+  updates it in place instead of copying it per step.
+- Shapes are static: P and the cache length S are rounded up to buckets (`bucket_length`), so a new prompt
+  length or a new `max_new_tokens` reuses a compiled program unless it crosses a bucket. Compiled programs are
+  kept in a process-wide cache keyed by (config, batch, P, S, sampling mode, parameter shapes).
+
+Sampling follows Hugging Face's order: logits / temperature, then top-k, then top-p (nucleus: keep the smallest
+set of most likely tokens whose probability mass reaches top_p). temperature=0 means greedy (argmax).
+Randomness comes from `seed` only, so the same seed and inputs give the same samples.
+"""
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from gpt2jax.config import GPTConfig
+from gpt2jax.model import Block, _layer_norm as layer_norm, init_cache
+
+# A callback sees each step's tokens (B,) as numpy and may return True (stop all rows) or a (B,) bool array
+# (stop those rows). It runs on the host, between two compiled steps.
+StepCallback = Callable[[np.ndarray, int], Any]
+
+
+class GenerationError(ValueError):
+    """Inputs that cannot be generated from. The message names the problem and the fix."""
+
+
+# ---- host-side input checks and padding --------------------------------------------------------------------
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """Round a length up to a compile bucket: powers of two up to 256, then multiples of 256.
+
+    Powers of two keep the number of compiled programs small for short prompts; above 256 a power of two would
+    waste up to half of the cache, so the step becomes 256 (at most 4 buckets per 1024 positions).
+    """
+    n = max(int(n), minimum)
+    if n <= 256:
+        return 1 << (n - 1).bit_length()
+    return -(-n // 256) * 256
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
+        raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise GenerationError(f"top_k must be a positive integer or None (no top-k filter), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise GenerationError(f"top_p must be in (0, 1] or None (no nucleus filter), got {top_p!r}")
+
+
+def prepare_prompts(cfg: GPTConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    truncate_prompt: bool = False) -> list[list[int]]:
+    """Check prompts against the model; with truncate_prompt, keep only the last tokens that fit.
+
+    Every row needs len(prompt) + max_new_tokens <= n_positions (position ids beyond the context window do
+    not exist in GPT-2's learned position table).
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if max_new_tokens >= cfg.n_positions:
+        raise GenerationError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the context window of "
+            f"n_positions={cfg.n_positions}; use max_new_tokens <= {cfg.n_positions - 1}."
+        )
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise GenerationError("prompts must be a non-empty list of token-id lists, e.g. [[464, 2068]]")
+    room = cfg.n_positions - max_new_tokens
+    out = []
+    for i, p in enumerate(prompts):
+        p = [int(t) for t in p]
+        if not p:
+            raise GenerationError(
+                f"prompt {i} is empty: generation needs at least one token to condition on "
+                "(for an unconditional sample start from the end-of-text token)."
+            )
+        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise GenerationError(
+                f"prompt {i} has token id {bad[0]} outside the model's vocabulary [0, {cfg.vocab_size}); "
+                "it was encoded with a different tokenizer than the model's."
+            )
+        if len(p) > room:
+            if not truncate_prompt:
+                raise GenerationError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} the context window "
+                    f"n_positions={cfg.n_positions} leaves room for {room}. Shorten the prompt, lower "
+                    "max_new_tokens, or ask for left truncation (truncate_prompt=True / --truncate_prompt)."
+                )
+            p = p[-room:]
+        out.append(p)
+    return out
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(B, length) int32 tokens with each prompt right-aligned, and the number of pad slots per row (B,)."""
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    pads = np.empty(len(prompts), np.int32)
+    for i, p in enumerate(prompts):
+        pads[i] = length - len(p)
+        tokens[i, pads[i]:] = p
+    return tokens, pads
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------
+
+def filter_logits(logits, temperature, top_k: int | None, top_p):
+    """Scale and filter (B, V) logits. Returns (candidate logits (B, K), candidate token ids (B, K)).
+
+    Rejected candidates get -inf. K = top_k when top_k is set (lax.top_k: no full-vocabulary sort), else V
+    (sorted descending only when top_p is used). `top_k` must be static; temperature and top_p are traced.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    B, V = logits.shape
+    if top_k is not None and top_k < V:
+        values, ids = jax.lax.top_k(logits, top_k)  # (B, K) descending
+    elif top_p is not None:
+        values, ids = jax.lax.top_k(logits, V)  # full sort, descending
+    else:
+        return logits, jnp.broadcast_to(jnp.arange(V, dtype=jnp.int32), (B, V))
+    if top_p is not None:
+        probs = jax.nn.softmax(values, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the strictly more likely candidates
+        keep = mass_before < top_p  # the first candidate always stays (mass_before = 0)
+        values = jnp.where(keep, values, -jnp.inf)
+    return values, ids.astype(jnp.int32)
+
+
+def sample_logits(logits, key, *, greedy: bool, temperature=1.0, top_k: int | None = None, top_p=None):
+    """One token per row from (B, V) logits. greedy ignores key/temperature/top_k/top_p."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    values, ids = filter_logits(logits, temperature, top_k, top_p)
+    choice = jax.random.categorical(key, values, axis=-1)  # (B,) index into the candidates
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
+# ---- the decoding forward pass ------------------------------------------------------------------------------
+
+def split_layers(cfg: GPTConfig, params) -> list:
+    """The stacked layer parameters params["h"] (leading axis n_layer) as one tree per layer."""
+    return [jax.tree.map(lambda a, i=i: a[i], params["h"]) for i in range(cfg.n_layer)]
+
+
+def init_layer_caches(cfg: GPTConfig, batch: int, length: int) -> list[dict]:
+    """One empty {"k", "v"} cache per layer, each (B, S, N, H) in the compute dtype (layer slices of init_cache)."""
+    cache = init_cache(cfg, batch, length)
+    return [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(cfg.n_layer)]
+
+
+def decode_forward(cfg: GPTConfig, params, layers: list, caches: list, tokens, positions, cache_index, kv_valid):
+    """GPT.apply(..., cache=...) with the layers unrolled: same modules, same math, faster decoding.
+
+    tokens/positions (B, T); layers from split_layers; caches from init_layer_caches. Returns logits (B, T, V)
+    float32 and the updated caches. Why not GPT.apply: the model runs its layers as one lax.scan over stacked
+    weights and a stacked cache. Inside a decode loop XLA (CPU) then copies every layer's weight slice and the
+    whole (L, B, S, N, H) cache at every step (seen in the optimised HLO), which costs more memory traffic than
+    the matmuls themselves. Here the weights are sliced once per call, outside the loop, and each layer's cache
+    is its own loop-carried buffer that XLA updates in place. tests/test_generate.py checks that the logits
+    equal GPT.apply's full forward pass.
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    wte = nn.Embed(cfg.embedding_rows, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32)
+    wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32)
+    x = wte.apply({"params": params["wte"]}, tokens) + wpe.apply({"params": params["wpe"]}, positions)  # (B, T, C)
+    new_caches = []
+    for layer_params, cache in zip(layers, caches):
+        x, cache = Block(cfg).apply({"params": layer_params}, x, cache, cache_index, kv_valid)
+        new_caches.append(cache)
+    x = layer_norm(cfg, "ln_f").apply({"params": params["ln_f"]}, x)
+    logits = wte.apply({"params": params["wte"]}, x, method="attend").astype(jnp.float32)  # (B, T, V)
+    if cfg.embedding_rows > cfg.vocab_size:  # as in GPT: padded vocabulary rows never win
+        logits = jnp.where(jnp.arange(cfg.embedding_rows) < cfg.vocab_size, logits, -jnp.inf)
+    return logits, new_caches
+
+
+# ---- the compiled program ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything that fixes the shapes or the structure of the compiled program."""
+
+    cfg: GPTConfig
+    batch: int
+    prompt_len: int  # P, bucketed
+    cache_len: int  # S, bucketed; P + max_new_tokens <= S
+    greedy: bool
+    top_k: int | None
+    use_top_p: bool
+    streaming: bool
+
+    @property
+    def max_steps(self) -> int:
+        return self.cache_len - self.prompt_len
+
+
+def _host_step(callback_box: list, tokens, step) -> np.ndarray:
+    """Runs on the host inside the loop: forward tokens to the user callback, return per-row stop flags."""
+    tokens = np.asarray(tokens)
+    stop = callback_box[0](tokens, int(step)) if callback_box[0] is not None else None
+    if stop is None or stop is False:
+        return np.zeros(tokens.shape, np.bool_)
+    return np.broadcast_to(np.asarray(stop, np.bool_), tokens.shape).copy()
+
+
+def _build(plan: _Plan, callback_box: list):
+    cfg, B, P, S = plan.cfg, plan.batch, plan.prompt_len, plan.cache_len
+
+    def stream(tokens, step, done):
+        if not plan.streaming:
+            return done
+        stop = io_callback(
+            lambda t, s: _host_step(callback_box, t, s), jax.ShapeDtypeStruct((B,), jnp.bool_), tokens, step,
+            ordered=True,
+        )
+        return done | stop
+
+    def run(params, tokens, pads, max_new, temperature, top_p, key, eot_id):
+        # tokens (B, P) left-padded, pads (B,) pad slots per row, max_new () <= S - P, eot_id () (-1 = never)
+        slots = jnp.arange(S)
+        kv_valid = slots[None, :] >= pads[:, None]  # (B, S): pad slots are never attended to
+        positions = jnp.maximum(slots[None, :] - pads[:, None], 0)  # (B, S) position id of each slot
+        sample = lambda logits, k: sample_logits(
+            logits, k, greedy=plan.greedy, temperature=temperature, top_k=plan.top_k,
+            top_p=top_p if plan.use_top_p else None,
+        )
+        layers = split_layers(cfg, params)
+        forward = lambda caches, tok, pos, index: decode_forward(cfg, params, layers, caches, tok, pos, index,
+                                                                 kv_valid)
+
+        logits, caches = forward(init_layer_caches(cfg, B, S), tokens, positions[:, :P], 0)  # prefill (B, P, V)
+        key, sub = jax.random.split(key)
+        token = sample(logits[:, -1], sub)  # (B,)
+        out = jnp.full((B, plan.max_steps), eot_id, jnp.int32).at[:, 0].set(token)
+        done = stream(token, 0, token == eot_id)
+
+        def cond(carry):
+            step, _, _, _, done, _ = carry
+            return (step < max_new) & ~jnp.all(done)
+
+        def body(carry):
+            step, caches, last, out, done, key = carry
+            slot = P + step - 1  # where the previous token goes
+            pos = jax.lax.dynamic_slice_in_dim(positions, slot, 1, axis=1)  # (B, 1)
+            logits, caches = forward(caches, last[:, None], pos, slot)  # (B, 1, V)
+            key, sub = jax.random.split(key)
+            token = jnp.where(done, eot_id, sample(logits[:, 0], sub))  # finished rows repeat eot
+            out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
+            done = stream(token, step, done | (token == eot_id))
+            return step + 1, caches, token, out, done, key
+
+        steps, _, _, out, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), caches, token, out, done, key))
+        return out, steps
+
+    return jax.jit(run)
+
+
+@dataclasses.dataclass
+class _Compiled:
+    fn: Any
+    callback_box: list
+    compile_s: float
+
+
+_COMPILED: dict[tuple, _Compiled] = {}
+
+
+def _compiled(plan: _Plan, args: tuple) -> tuple[_Compiled, bool]:
+    """The compiled program for this plan and these argument shapes; compiled (and timed) on first use."""
+    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
+    key = (plan, jax.tree.structure(args), shapes)
+    hit = key in _COMPILED
+    if not hit:
+        box: list = [None]
+        t0 = time.perf_counter()
+        fn = _build(plan, box).lower(*args).compile()
+        _COMPILED[key] = _Compiled(fn, box, time.perf_counter() - t0)
+    return _COMPILED[key], hit
+
+
+def clear_compiled() -> None:
+    """Forget every compiled generation program (tests, or to free memory after many buckets)."""
+    _COMPILED.clear()
+
+
+# ---- public API --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new tokens per prompt, cut before the first eot_id
+    stopped: list[bool]  # per row: ended by eot_id or the callback (False = ran out of max_new_tokens)
+    steps: int  # decode steps run (<= max_new_tokens; fewer when every row stopped early)
+    compile_s: float  # seconds spent compiling for this call (0.0 when the bucket was already compiled)
+    run_s: float  # seconds of prefill + decode, excluding compilation
+    prompt_len: int  # bucketed prompt length P
+    cache_len: int  # bucketed cache length S
+
+
+def generate_ids(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 eot_id: int | None = None, callback: StepCallback | None = None,
+                 truncate_prompt: bool = False) -> GenerationResult:
+    """`generate` with timing and bucket details; see `generate`."""
+    check_sampling(temperature, top_k, top_p)
+    prompts = prepare_prompts(cfg, prompts, max_new_tokens, truncate_prompt)
+    if eot_id is not None and not 0 <= eot_id < cfg.vocab_size:
+        raise GenerationError(f"eot_id={eot_id} is outside the vocabulary [0, {cfg.vocab_size})")
+    greedy = temperature == 0
+    P = bucket_length(max(len(p) for p in prompts))
+    S = bucket_length(P + max_new_tokens)
+    plan = _Plan(cfg, len(prompts), P, S, greedy, None if greedy else top_k,
+                 use_top_p=not greedy and top_p is not None and top_p < 1.0, streaming=callback is not None)
+
+    tokens, pads = left_pad(prompts, P)
+    args = (params, tokens, pads, np.int32(max_new_tokens), np.float32(temperature if not greedy else 1.0),
+            np.float32(top_p if top_p is not None else 1.0), jax.random.key(seed),
+            np.int32(-1 if eot_id is None else eot_id))
+    compiled, hit = _compiled(plan, args)
+    compiled.callback_box[0] = callback
+    t0 = time.perf_counter()
+    try:
+        out, steps = compiled.fn(*args)
+        out, steps = np.asarray(out), int(steps)
+    finally:
+        compiled.callback_box[0] = None
+    run_s = time.perf_counter() - t0
+
+    rows, stopped = [], []
+    for row in out[:, :steps].tolist():
+        n = row.index(eot_id) if eot_id is not None and eot_id in row else len(row)
+        rows.append(row[:n])
+        stopped.append(n < len(row) or steps < max_new_tokens)
+    return GenerationResult(rows, stopped, steps, 0.0 if hit else compiled.compile_s, run_s, P, S)
+
+
+def generate(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             eot_id: int | None = None, callback: StepCallback | None = None,
+             truncate_prompt: bool = False) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) by up to max_new_tokens tokens; returns the new tokens.
+
+    temperature: 0 = greedy (argmax); otherwise logits are divided by it before top-k / top-p.
+    top_k: keep only the k most likely tokens. top_p: keep the smallest most-likely set with mass >= top_p.
+    seed: the only source of randomness (same seed, same inputs -> same tokens).
+    eot_id: a row stops at this token (which is not returned); None = always generate max_new_tokens.
+    callback(tokens (B,), step) is called on the host after every step (streaming); returning True or a (B,)
+    bool array stops all / those rows. Rows that stopped early are shorter.
+    truncate_prompt: drop the oldest prompt tokens when prompt + max_new_tokens exceed the context window
+    (otherwise that is an error).
+    """
+    return generate_ids(cfg, params, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, eot_id=eot_id, callback=callback, truncate_prompt=truncate_prompt).tokens
+
+
+# ---- text level --------------------------------------------------------------------------------------------
+
+class TextStream:
+    """Turns token ids into printable text pieces as they arrive.
+
+    Holds back the bytes of an unfinished UTF-8 character (a GPT-2 BPE token can end inside one; invalid
+    bytes become U+FFFD) and any tail that could still grow into a stop string. Stops at the first stop string,
+    which is not part of the text.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # decoded so far (cut at the stop string once one appears)
+        self.emitted = 0  # characters of `text` already handed out
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add a token; return the new text that is safe to print ('' while undecided or after a stop)."""
+        if self.stopped:
+            return ""
+        self.text += self._decoder.decode(self.tokenizer.decode_bytes([int(token)]))
+        return self._check_stop(final=False)
+
+    def finish(self) -> str:
+        """The rest of the text once generation is over."""
+        if not self.stopped:
+            self.text += self._decoder.decode(b"", final=True)
+        return self._check_stop(final=True)
+
+    def _check_stop(self, final: bool) -> str:
+        if self.stopped:
+            return self._emit(len(self.text))
+        # A stop string may straddle the last emitted position, so search a little before it.
+        start = max(0, self.emitted - max((len(s) for s in self.stop), default=0))
+        cuts = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if cuts:
+            self.stopped, self.text = True, self.text[:min(cuts)]
+            return self._emit(len(self.text))
+        hold = 0 if final else max(
+            (k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._emit(len(self.text) - hold)
+
+    def _emit(self, upto: int) -> str:
+        piece = self.text[self.emitted:upto] if upto > self.emitted else ""
+        self.emitted = max(self.emitted, upto)
+        return piece
+
+
+def generate_text(cfg: GPTConfig, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int, *,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                  stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
+                  truncate_prompt: bool = False, stop_at_eot: bool = True) -> str | list[str]:
+    """Continue text prompt(s) with a tokenizer; returns the generated text per prompt (prompt not included).
+
+    Stops a row at the tokenizer's end-of-text token (when it has one and stop_at_eot) or at the first of the
+    `stop` strings (which is cut off). on_text(row, piece) receives text as it is produced (streaming).
+    """
+    single = isinstance(prompts, str)
+    texts = [prompts] if single else list(prompts)
+    ids = [tokenizer.encode(t) for t in texts]
+    if any(not p for p in ids) and tokenizer.eot_id is not None:  # empty prompt: unconditional sample
+        ids = [p or [tokenizer.eot_id] for p in ids]
+    streams = [TextStream(tokenizer, stop) for _ in texts]
+
+    def callback(tokens, step):
+        for row, (s, t) in enumerate(zip(streams, tokens)):
+            if s.stopped or (stop_at_eot and t == tokenizer.eot_id):
+                continue
+            piece = s.push(t)
+            if piece and on_text is not None:
+                on_text(row, piece)
+        return np.array([s.stopped for s in streams])
+
+    needs_callback = on_text is not None or bool(stop)
+    result = generate_ids(cfg, params, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, eot_id=tokenizer.eot_id if stop_at_eot else None,
+                          callback=callback if needs_callback else None, truncate_prompt=truncate_prompt)
+    out = []
+    for row, (s, new) in enumerate(zip(streams, result.tokens)):
+        if not needs_callback:
+            for t in new:
+                s.push(t)
+        piece = s.finish()
+        if piece and on_text is not None:
+            on_text(row, piece)
+        out.append(s.text)
+    return out[0] if single else out
