@@ -1,0 +1,75 @@
+"""The sweep runner: grid expansion, up-front checks, results files, resume, and the power-law fit."""
+import json
+
+import numpy as np
+import pytest
+
+from gpt2jax.config import ConfigError
+from gpt2jax.data import prepare as prep
+from gpt2jax.sweep import Experiment, fit_power_law, run_sweep, variants
+from tests.conftest import REPO
+
+EXPERIMENT = '''
+from gpt2jax.sweep import Experiment
+
+def get_experiment():
+    return Experiment(
+        name="tiny_heads",
+        base="{base}",
+        overrides={{"data.dir": "{data}", "train.max_steps": 6, "train.eval_every": 3, "train.log_every": 3,
+                    "train.async_checkpoint": False}},
+        grid={{"model.n_head": [1, 2], "ctx": [{{"data.seq_len": 16, "model.n_positions": 16}}]}},
+        run_root="{root}",
+        metric="{metric}",
+    )
+'''
+
+
+def test_grid_expansion_names_fields_and_bundles():
+    exp = Experiment(name="x", base="b.py", overrides={"train.max_steps": 5},
+                     grid={"model.n_head": [1, 2], "size": [{"model.n_layer": 1, "model.n_embd": 8},
+                                                            {"model.n_layer": 2, "model.n_embd": 16}]})
+    names = [name for name, _ in variants(exp)]
+    assert names == ["n_head=1,size=1-8", "n_head=1,size=2-16", "n_head=2,size=1-8", "n_head=2,size=2-16"]
+    assert variants(exp)[3][1] == {"train.max_steps": 5, "model.n_head": 2, "model.n_layer": 2, "model.n_embd": 16}
+
+
+def test_power_law_fit_recovers_exponent():
+    n = np.geomspace(1e4, 1e7, 6)
+    loss = (8.8e13 / n) ** 0.076  # Kaplan et al.'s fitted constants
+    fit = fit_power_law(n, loss)
+    assert abs(fit["alpha"] - 0.076) < 1e-9
+    assert abs(fit["n_c"] / 8.8e13 - 1) < 1e-6
+
+
+def test_sweep_runs_writes_results_and_resumes(tmp_path, capsys):
+    data = tmp_path / "data"
+    prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], data, tokenizer="char")
+    exp_file = tmp_path / "exp.py"
+    exp_file.write_text(EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=data, root=tmp_path / "runs",
+                                          metric="val_loss"))
+    result = run_sweep(str(exp_file))
+    out = tmp_path / "runs" / "tiny_heads"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["n_head=1,ctx=16-16", "n_head=2,ctx=16-16"]
+    assert all(r["steps"] == 6 and np.isfinite(r["metric"]) for r in rows)
+    assert rows == result["rows"]
+    assert (out / "results.csv").read_text().startswith("variant,non_embedding_params,steps,metric")
+    assert "| n_head=1,ctx=16-16 |" in (out / "results.md").read_text()
+    assert (out / "results.png").stat().st_size > 0
+    for r in rows:
+        assert (out / r["variant"] / "config.json").is_file()
+    # A second call trains nothing: every run is finished.
+    capsys.readouterr()
+    again = run_sweep(str(exp_file))
+    assert "already finished" in capsys.readouterr().out
+    assert again["rows"] == rows
+
+
+def test_bad_field_is_refused_before_training(tmp_path):
+    exp_file = tmp_path / "exp.py"
+    exp_file.write_text(EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=tmp_path, root=tmp_path,
+                                          metric="val_loss").replace("model.n_head", "model.n_heads"))
+    with pytest.raises(ConfigError, match=r"unknown config field 'model.n_heads'"):
+        run_sweep(str(exp_file))
+    assert not (tmp_path / "tiny_heads").exists()
