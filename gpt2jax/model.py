@@ -195,10 +195,15 @@ class GPT(nn.Module):
         x, new_cache = stack(cfg, deterministic, name="h")(x, cache, cache_index, kv_valid)
 
         x = _layer_norm(cfg, "ln_f")(x)
-        logits = wte.attend(x).astype(jnp.float32)  # (B, T, V) tied LM head
-        if cfg.embedding_rows > cfg.vocab_size:  # padded rows are not tokens: they must never win
-            logits = jnp.where(jnp.arange(cfg.embedding_rows) < cfg.vocab_size, logits, -jnp.inf)
+        logits = mask_padded_vocab(cfg, wte.attend(x).astype(jnp.float32))  # (B, T, V) tied LM head
         return logits if cache is None else (logits, new_cache)
+
+
+def mask_padded_vocab(cfg: GPTConfig, logits):
+    """Padded embedding rows are not tokens: their logits become -inf, so they never win (loss or sampling)."""
+    if cfg.embedding_rows > cfg.vocab_size:
+        logits = jnp.where(jnp.arange(cfg.embedding_rows) < cfg.vocab_size, logits, -jnp.inf)
+    return logits
 
 
 # ---- helpers around the module -----------------------------------------------------------------------------
