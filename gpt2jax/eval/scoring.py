@@ -69,7 +69,8 @@ class Scorer:
             out = nll_and_greedy(logits, targets)
             if with_filter:
                 filtered = jnp.where(banned, -jnp.inf, logits)  # (B, T, V)
-                out["greedy_filtered"] = out["target_logit"] >= filtered.max(-1)
+                # a banned target can never be the filtered prediction
+                out["greedy_filtered"] = (out["target_logit"] >= filtered.max(-1)) & ~banned[targets]
             del out["target_logit"]
             return out
 
