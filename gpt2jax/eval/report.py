@@ -87,6 +87,8 @@ def bar_chart(rows: Sequence[dict], meta: dict, path: Path) -> bool:
         if r.get("lm-eval") is not None:
             labels.append("lm-eval"); values.append(r["lm-eval"]); colors.append("tab:orange")  # noqa: E702
         ax.bar(labels, values, color=colors)
+        if "ppl" in r["metric"] and max(values) > 10 * max(min(values), 1e-9):
+            ax.set_yscale("log")  # a weak model's perplexity would flatten the reference bars
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_title(f"{r['task']} · {r['protocol']} · {r['metric']}", fontsize=9)
