@@ -20,7 +20,7 @@ import jax
 from gpt2jax.config import ConfigError
 from gpt2jax.hf import CheckpointError
 from gpt2jax.eval import protocols, report
-from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task,
+from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
 
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory with data not shipped in data/eval (ptb/ptb.test.txt, enwik8/enwik8, ...); "
                         "env GPT2JAX_EVAL_DATA (default: %(default)s)")
     p.add_argument("--path", action="append", metavar="KEY=FILE",
-                   help="explicit file for one data key (repeatable), e.g. --path ptb=/data/ptb.test.txt")
+                   help="explicit file for one data key (repeatable), e.g. --path ptb=/data/ptb.test.txt; keys: "
+                        + ", ".join(all_data_files()))
     p.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="downloads go here (default: %(default)s)")
     p.add_argument("--download", action="store_true", help="fetch missing data from its official source")
     p.add_argument("--limit", type=int, default=None,
