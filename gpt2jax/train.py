@@ -74,6 +74,14 @@ def make_train_step(cfg, tx, schedule, p_shardings):
     return step
 
 
+def initial_state(cfg, tx, seed: int) -> dict:
+    """Training state at step 0: GPT-2-initialised params, fresh optimizer state, and the dropout RNG key
+    (raw uint32 key data, which orbax can save)."""
+    params = init_params(cfg, jax.random.key(seed))
+    return dict(params=params, opt_state=tx.init(params), step=jnp.int32(0),
+                rng=jax.random.key_data(jax.random.key(seed + 1)))
+
+
 def make_nll_fn(cfg):
     """(params, inputs (B, T), targets (B, T)) -> per-token NLL (B, T), for evaluation."""
     model = GPT(cfg)
@@ -143,13 +151,16 @@ def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
     if t.sample_tokens <= 0 or jax.process_count() > 1:
         return None
     try:
-        from gpt2jax.generate import generate_text
+        from gpt2jax.generate import GenerationError, generate_text
     except ImportError as e:
         return f"(no sample: gpt2jax.generate is unavailable: {e})"
     params = jax.device_put(params, jax.devices()[0])
     n = min(t.sample_tokens, cfg.n_positions - len(tokenizer.encode(t.sample_prompt)) - 1)
-    return t.sample_prompt + generate_text(cfg, params, tokenizer, t.sample_prompt, n, temperature=t.sample_temperature,
-                                           top_k=t.sample_top_k or None, seed=seed)
+    try:
+        return t.sample_prompt + generate_text(cfg, params, tokenizer, t.sample_prompt, n, top_k=t.sample_top_k or None,
+                                               temperature=t.sample_temperature, seed=seed)
+    except GenerationError as e:  # e.g. an empty prompt for a tokenizer without <|endoftext|>: say so, keep training
+        return f"(no sample: {e}; set --config.train.sample_prompt)"
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -163,6 +174,8 @@ def train(config, devices=None) -> dict:
     config = config.copy_and_resolve_references()
     t, T = config.train, config.data.seq_len
     check_train_config(config)
+    if t.compilation_cache_dir:  # JAX's persistent cache: a resumed or repeated run skips XLA compilation
+        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
 
     # 1-2. data and devices: all input errors surface here, before any compilation
     train_split, val_split = open_data(config)
@@ -198,11 +211,7 @@ def train(config, devices=None) -> dict:
     b_spec = batch_sharding(mesh, rules).spec
     batch_sh = NamedSharding(mesh, P(None, *b_spec))  # (A, B, T+1): micro-batches whole, rows split
 
-    def init_state(seed):
-        params = init_params(cfg, jax.random.key(seed))
-        return dict(params=params, opt_state=tx.init(params), step=jnp.int32(0),
-                    rng=jax.random.key_data(jax.random.key(seed + 1)))
-
+    init_state = functools.partial(initial_state, cfg, tx)
     abstract_state = jax.eval_shape(init_state, config.seed)
     if start:
         with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731

@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
         progress=True,
         plot=True,
         peak_flops=0.0,  # per device, for MFU; 0: datasheet table / measured on CPU
+        compilation_cache_dir="",  # e.g. ~/.cache/gpt2jax/xla: reuse compiled steps across restarts/resumes
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
