@@ -145,3 +145,45 @@ def test_download_fetches_and_extracts_into_the_cache(tmp_path):
     bad = tasks_lib.DataFile("x", "x/x", (tmp_path / "missing.zip").as_uri(), "x")
     got = tasks_lib.resolve(bad, tmp_path / "nodata", cache, {}, download=True)
     assert got.path is None and got.missing.startswith("data not available (download failed")
+
+
+class FakeScorer:
+    """NLL 0 for one chosen token id, 1 for every other target: makes protocol arithmetic checkable by hand."""
+
+    batch_size = 4
+
+    def __init__(self, good_id):
+        self.good_id = good_id
+
+    def __call__(self, inputs, targets):
+        return {"nll": np.where(targets == self.good_id, 0.0, 1.0), "greedy": targets == self.good_id}
+
+    def nll_fn(self, inputs, targets):
+        return self(inputs, targets)["nll"]
+
+
+def test_cbt_parsing_and_choice(tmp_path):
+    from gpt2jax.eval import protocols
+
+    paths = synthetic_files(tmp_path)
+    examples = protocols.parse_cbt(paths["cbt_cn"].read_text())
+    assert len(examples) == 2 and len(examples[0].context) == 20 and len(examples[0].candidates) == 10
+    assert examples[0].query == "Then the XXXXX ran away ." and examples[0].answer == "dog"
+    assert examples[1].candidates == ["boy", "dog", "mill"]
+    tok = gpt2_tokenizer()
+    # the scorer likes " dog": it wins both examples, so accuracy is 1/2 (answers: dog, boy)
+    (r,) = protocols.cbt(FakeScorer(tok.encode(" dog")[0]), tok, examples, n_ctx=64)
+    assert r.value == 50.0 and r.count == 2
+    with pytest.raises(ValueError, match="not a CBT line"):
+        protocols.parse_cbt("hello world\n")
+
+
+def test_bits_per_byte_arithmetic():
+    from gpt2jax.eval import protocols
+
+    tok = gpt2_tokenizer()
+    data = "caf\u00e9 au lait, s'il vous pla\u00eet ".encode("utf-8") * 5
+    (r,) = protocols.bits_per_byte(FakeScorer(-1), tok, data, n_ctx=16, stride=8)
+    n_tokens = len(tok.encode(data.decode("utf-8")))  # every BPE token costs 1 nat (the <|endoftext|> is context)
+    assert r.metric == "bpb" and r.count == len(data)
+    assert r.value == pytest.approx(n_tokens / (len(data) * math.log(2)))
