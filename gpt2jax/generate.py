@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.model import Block, _layer_norm as layer_norm, init_cache
+from gpt2jax.model import Block, _layer_norm as layer_norm, init_cache, mask_padded_vocab
 
 # A callback sees each step's tokens (B,) as numpy and may return True (stop all rows) or a (B,) bool array
 # (stop those rows). It runs on the host, between two compiled steps.
@@ -189,9 +189,7 @@ def decode_forward(cfg: GPTConfig, params, layers: list, caches: list, tokens, p
         new_caches.append(cache)
     x = layer_norm(cfg, "ln_f").apply({"params": params["ln_f"]}, x)
     logits = wte.apply({"params": params["wte"]}, x, method="attend").astype(jnp.float32)  # (B, T, V)
-    if cfg.embedding_rows > cfg.vocab_size:  # as in GPT: padded vocabulary rows never win
-        logits = jnp.where(jnp.arange(cfg.embedding_rows) < cfg.vocab_size, logits, -jnp.inf)
-    return logits, new_caches
+    return mask_padded_vocab(cfg, logits), new_caches
 
 
 # ---- the compiled program ----------------------------------------------------------------------------------
