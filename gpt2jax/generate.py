@@ -420,42 +420,54 @@ class TextStream:
         return piece
 
 
-def generate_text(cfg: GPTConfig, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int, *,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                  stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
-                  truncate_prompt: bool = False, stop_at_eot: bool = True) -> str | list[str]:
-    """Continue text prompt(s) with a tokenizer; returns the generated text per prompt (prompt not included).
+def generate_text_ids(cfg: GPTConfig, params, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      *, stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
+                      stop_at_eot: bool = True, **sampling) -> tuple[list[str], GenerationResult]:
+    """Token-id prompts in, text out: -> (generated text per prompt, the GenerationResult with ids and timings).
 
-    Stops a row at the tokenizer's end-of-text token (when it has one and stop_at_eot) or at the first of the
-    `stop` strings (which is cut off). on_text(row, piece) receives text as it is produced (streaming).
+    A row ends at the tokenizer's end-of-text token (when it has one and stop_at_eot) or at the first `stop`
+    string (cut off). on_text(row, piece) receives text as it is produced (streaming). `sampling`: the
+    keyword arguments of generate_ids (temperature, top_k, top_p, seed, truncate_prompt).
     """
-    single = isinstance(prompts, str)
-    texts = [prompts] if single else list(prompts)
-    ids = [tokenizer.encode(t) for t in texts]
-    if any(not p for p in ids) and tokenizer.eot_id is not None:  # empty prompt: unconditional sample
-        ids = [p or [tokenizer.eot_id] for p in ids]
-    streams = [TextStream(tokenizer, stop) for _ in texts]
+    eot = tokenizer.eot_id if stop_at_eot else None
+    streams = [TextStream(tokenizer, stop) for _ in prompts]
 
     def callback(tokens, step):
         for row, (s, t) in enumerate(zip(streams, tokens)):
-            if s.stopped or (stop_at_eot and t == tokenizer.eot_id):
+            if s.stopped or t == eot:
                 continue
             piece = s.push(t)
             if piece and on_text is not None:
                 on_text(row, piece)
         return np.array([s.stopped for s in streams])
 
-    needs_callback = on_text is not None or bool(stop)
-    result = generate_ids(cfg, params, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          seed=seed, eot_id=tokenizer.eot_id if stop_at_eot else None,
-                          callback=callback if needs_callback else None, truncate_prompt=truncate_prompt)
-    out = []
+    streaming = on_text is not None or bool(stop)  # stop strings end rows early only when checked every step
+    result = generate_ids(cfg, params, prompts, max_new_tokens, eot_id=eot,
+                          callback=callback if streaming else None, **sampling)
     for row, (s, new) in enumerate(zip(streams, result.tokens)):
-        if not needs_callback:
+        if not streaming:
             for t in new:
                 s.push(t)
         piece = s.finish()
         if piece and on_text is not None:
             on_text(row, piece)
-        out.append(s.text)
-    return out[0] if single else out
+    return [s.text for s in streams], result
+
+
+def generate_text(cfg: GPTConfig, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int, *,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                  stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
+                  truncate_prompt: bool = False, stop_at_eot: bool = True) -> str | list[str]:
+    """Continue text prompt(s); returns the generated text (prompt not included), a str for a str prompt.
+
+    An empty prompt starts from the end-of-text token (an unconditional sample). See generate_text_ids for
+    stop, on_text and stop_at_eot, and generate for the sampling arguments.
+    """
+    single = isinstance(prompts, str)
+    ids = [tokenizer.encode(t) for t in ([prompts] if single else prompts)]
+    if tokenizer.eot_id is not None:
+        ids = [p or [tokenizer.eot_id] for p in ids]
+    texts, _ = generate_text_ids(cfg, params, tokenizer, ids, max_new_tokens, stop=stop, on_text=on_text,
+                                 stop_at_eot=stop_at_eot, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed, truncate_prompt=truncate_prompt)
+    return texts[0] if single else texts
