@@ -147,20 +147,35 @@ def install_stop_handler():
 
 
 def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
-    """A short sample with the KV-cache generator, or None when sampling is off or unavailable."""
+    """A sample of t.sample_tokens tokens from t.sample_prompt with the KV-cache generator, or None when
+    sampling is off. Longer than the context window, it continues in chunks: each chunk is prompted with the last
+    half-window of tokens so far (a sliding window, as nanoGPT's generate crops its input to block_size)."""
     if t.sample_tokens <= 0 or jax.process_count() > 1:
         return None
     try:
-        from gpt2jax.generate import GenerationError, generate_text
+        from gpt2jax.generate import GenerationError, generate
     except ImportError as e:
         return f"(no sample: gpt2jax.generate is unavailable: {e})"
     params = jax.device_put(params, jax.devices()[0])
-    n = min(t.sample_tokens, cfg.n_positions - len(tokenizer.encode(t.sample_prompt)) - 1)
+    prompt = tokenizer.encode(t.sample_prompt)
+    ids = list(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
+    if not ids:
+        return "(no sample: an empty prompt needs a tokenizer with <|endoftext|>; set --config.train.sample_prompt)"
+    keep = max(1, cfg.n_positions // 2)
+    produced, chunk = 0, 0
     try:
-        return t.sample_prompt + generate_text(cfg, params, tokenizer, t.sample_prompt, n, top_k=t.sample_top_k or None,
-                                               temperature=t.sample_temperature, seed=seed)
-    except GenerationError as e:  # e.g. an empty prompt for a tokenizer without <|endoftext|>: say so, keep training
-        return f"(no sample: {e}; set --config.train.sample_prompt)"
+        while produced < t.sample_tokens:
+            window = ids[-keep:]
+            n = min(t.sample_tokens - produced, cfg.n_positions - len(window))
+            new = generate(cfg, params, [window], n, temperature=t.sample_temperature, top_k=t.sample_top_k or None,
+                           seed=seed * 1000 + chunk, eot_id=tokenizer.eot_id)[0]
+            ids += new
+            produced, chunk = produced + len(new), chunk + 1
+            if len(new) < n:  # stopped at <|endoftext|>
+                break
+    except GenerationError as e:
+        return f"(no sample: {e})"
+    return tokenizer.decode(ids[len(ids) - produced - len(prompt):])
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -370,6 +385,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(base_config())
         return {}
     config = parse_config(argv)
+    d = config.distributed
+    if d.enabled:  # before any JAX computation
+        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                                   num_processes=d.num_processes or None,
+                                   process_id=None if d.process_id < 0 else d.process_id,
+                                   initialization_timeout=d.initialization_timeout)
     from gpt2jax.config import ConfigError
 
     try:

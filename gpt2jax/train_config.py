@@ -8,6 +8,7 @@ any field with `--config.<section>.<field>=value`. Sections:
     data             dir (a prepared dataset), tokenizer ("" = whatever the data has, or gpt2 / char), seq_len
     optim            AdamW + warmup/cosine + clipping (see gpt2jax.optim)
     train            steps, batch, logging, eval, checkpoints, sampling
+    distributed      jax.distributed.initialize arguments for multi-process runs (the CLI calls it)
     mesh             device mesh sizes {data, fsdp, tensor}, one may be -1 (see gpt2jax.sharding)
     sharding_rules   logical axis -> mesh axes, recorded so that a run dir says how it was sharded
 """
@@ -64,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
         peak_flops=0.0,  # per device, for MFU; 0: datasheet table / measured on CPU
         compilation_cache_dir="",  # e.g. ~/.cache/gpt2jax/xla: reuse compiled steps across restarts/resumes
     ))
+
+    # multi-process (multi-host) runs: the CLI calls jax.distributed.initialize before anything else. Empty / 0 /
+    # -1 fields are left to JAX's cluster auto-detection (SLURM, Open MPI, TPU pods, JAX_COORDINATOR_ADDRESS).
+    c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0,
+                                                   process_id=-1, initialization_timeout=300))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = tuple(tuple(r) for r in DEFAULT_RULES)

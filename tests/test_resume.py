@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.checkpoint import Checkpoints, load_run
@@ -23,9 +24,19 @@ def char_data(tmp_path_factory):
     return out
 
 
-def resume_config(data_dir, run_root, name):
+@pytest.fixture
+def xla_cache(tmp_path):
+    """The three runs compile the same step: JAX's persistent cache compiles it once. Switched off afterwards so
+    the rest of the session is unaffected."""
+    yield str(tmp_path / "xla")
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+def resume_config(data_dir, run_root, name, cache_dir):
     c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py")])
     c.data.dir, c.run_root, c.name = str(data_dir), str(run_root), name
+    c.train.compilation_cache_dir = cache_dir
     # dropout and two micro-batches: the RNG key and the accumulation are part of what must resume exactly
     c.model.dropout = 0.1
     c.train.update(max_steps=2 * K, grad_accum=2, batch_size=8, log_every=1, eval_every=3, checkpoint_every=K,
@@ -43,11 +54,12 @@ def comparable(records):
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
-def test_resume_is_bitwise_identical(char_data, tmp_path):
-    straight = train(resume_config(char_data, tmp_path, "straight"))
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")  # the test reads checkpoints as plain numpy
+def test_resume_is_bitwise_identical(char_data, tmp_path, xla_cache):
+    straight = train(resume_config(char_data, tmp_path, "straight", xla_cache))
     assert straight["step"] == 2 * K and straight["start_step"] == 0
 
-    first = resume_config(char_data, tmp_path, "resumed")
+    first = resume_config(char_data, tmp_path, "resumed", xla_cache)
     first.train.stop_at = K  # stops as an interruption would: checkpoint at K, schedule still for 2K steps
     half = train(first)
     assert half["step"] == K and half["stopped_early"]
@@ -56,7 +68,7 @@ def test_resume_is_bitwise_identical(char_data, tmp_path):
     assert ckpts.meta(K)["data_position"] == {"step": K, "seed": 0, "windows_consumed": K * 16}
     ckpts.close()
 
-    rest = train(resume_config(char_data, tmp_path, "resumed"))
+    rest = train(resume_config(char_data, tmp_path, "resumed", xla_cache))
     assert rest["start_step"] == K and rest["step"] == 2 * K
 
     a, b = checkpoint_arrays(tmp_path / "straight", 2 * K), checkpoint_arrays(tmp_path / "resumed", 2 * K)
