@@ -297,7 +297,8 @@ def train(config, devices=None) -> dict:
                 val_loss = last["val_loss"] = evaluate(state["params"])
                 logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=math.exp(val_loss)))
                 say(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
-                text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead else None
+                final_follows = step == t.max_steps and t.final_eval  # which prints its own sample
+                text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
                 if text is not None:
                     say("  sample: " + text.replace("\n", "\n  | "))
             if step % ckpt_every == 0 or step == end or stop["requested"]:

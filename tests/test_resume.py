@@ -88,3 +88,39 @@ def test_resume_is_bitwise_identical(char_data, tmp_path, xla_cache):
     assert cfg.n_embd == 32 and tokenizer.n_vocab == 65 and cfg.vocab_size == 65
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(a["params"])):
         assert np.array_equal(np.asarray(x), y)
+
+
+def test_ctrl_c_stops_after_a_step_with_a_checkpoint(char_data, tmp_path):
+    """The CLI in a subprocess: SIGINT finishes the current step, saves a checkpoint of it and exits 0."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "gpt2jax.train", "--config", str(REPO / "configs" / "tiny_test.py"),
+           f"--config.data.dir={char_data}", f"--config.run_root={tmp_path}", "--config.train.max_steps=100000",
+           "--config.train.log_every=1", "--config.train.eval_every=100000"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    metrics = tmp_path / "tiny_test" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the trainer did not stop within 120 s of Ctrl-C")
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopping after this step" in out
+    summary = json.loads((tmp_path / "tiny_test" / "summary.json").read_text())
+    last = metrics_lib.read_metrics(tmp_path / "tiny_test")[-1]
+    assert summary["stopped_early"] and summary["step"] >= 3
+    ckpts = Checkpoints(tmp_path / "tiny_test", read_only=True)
+    assert ckpts.latest_step() == summary["step"] == last["step"]
+    ckpts.close()
