@@ -60,7 +60,9 @@ def file_documents(files: list[Path]) -> Iterator[str]:
         yield f.read_text(encoding="utf-8")
 
 
-def hf_documents(name: str, config: str | None, split: str, field: str) -> Iterator[str]:
+def load_hf_dataset(name: str, config: str | None, split: str, field: str):
+    """A Hugging Face dataset split (downloaded once, then cached by `datasets`); errors surface here, before any
+    output is written."""
     try:
         import datasets
     except ImportError:
@@ -72,8 +74,7 @@ def hf_documents(name: str, config: str | None, split: str, field: str) -> Itera
                         "access the first time; offline, pass local text files with --input.") from None
     if field not in ds.column_names:
         raise DataError(f"dataset {name!r} has no column {field!r}; columns: {ds.column_names} (use --text_field)")
-    for row in ds:
-        yield row[field]
+    return ds
 
 
 def cut(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
@@ -274,10 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
         meta = prepare_files(expand_inputs(args.input, args.glob), out, args.tokenizer, args.val_fraction,
                              args.split_by, args.shard_tokens, args.workers)
     else:
-        documents_fn = lambda: hf_documents(args.hf_dataset, args.hf_config, args.hf_split, args.text_field)  # noqa: E731
+        ds = load_hf_dataset(args.hf_dataset, args.hf_config, args.hf_split, args.text_field)
+        documents_fn = lambda: (row[args.text_field] for row in ds)  # noqa: E731
         source = {"hf_dataset": args.hf_dataset, "hf_config": args.hf_config, "hf_split": args.hf_split}
         meta = prepare(documents_fn, out, make_tokenizer(args.tokenizer, documents_fn), args.val_fraction,
-                       args.split_by, args.shard_tokens, args.workers, None, None, source)
+                       args.split_by, args.shard_tokens, args.workers, None, len(ds), source)
     for name, s in meta["splits"].items():
         print(f"{name}: {s['tokens']:,} tokens in {len(s['shards'])} shard(s)")
     print(f"wrote {out / META_FILE} (tokenizer {meta['fingerprint']})")
