@@ -15,7 +15,6 @@ fi
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing $reqs into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --disable-pip-version-check -q -r "$reqs"
-  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . \
-    || .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
   touch "$stamp"
 fi
