@@ -29,7 +29,7 @@ class TokenizerError(ValueError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -49,7 +49,7 @@ class GPT2Tokenizer:
                 f"GPT-2 ranks file not found at {ranks_path}. It ships inside the package "
                 "(gpt2jax/assets/gpt2.tiktoken); reinstall with `pip install -e .` from the repository."
             )
-        digest = _sha256(ranks_path)
+        digest = sha256_file(ranks_path)
         if digest != GPT2_RANKS_SHA256:
             raise TokenizerError(
                 f"GPT-2 ranks file {ranks_path} is corrupted or not the GPT-2 vocabulary: sha256 {digest}, "

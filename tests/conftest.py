@@ -23,3 +23,13 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data directory {SHARED_DATA} is absent (set GPT2JAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """The bundled Tiny Shakespeare, character-tokenized once per test session (read-only for tests)."""
+    from gpt2jax.data import prepare as prep
+
+    out = tmp_path_factory.mktemp("char_data")
+    prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], out, tokenizer="char")
+    return out

@@ -16,13 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("char")
-    prep.prepare_files([CORPUS], out, tokenizer="char")
-    return out
-
-
 # ---- shard files ------------------------------------------------------------------------------------------
 
 def test_shard_roundtrip_and_header(tmp_path):

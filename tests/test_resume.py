@@ -9,19 +9,11 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.checkpoint import Checkpoints, load_run
-from gpt2jax.data import prepare as prep
 from gpt2jax.train import parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"tokens_per_s", "mfu", "elapsed_s"}
 K = 6
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("char")
-    prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], out, tokenizer="char")
-    return out
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from gpt2jax.config import ConfigError
-from gpt2jax.data import prepare as prep
 from gpt2jax.sweep import Experiment, fit_power_law, run_sweep, variants
 from tests.conftest import REPO
 
@@ -42,9 +41,8 @@ def test_power_law_fit_recovers_exponent():
     assert abs(fit["n_c"] / 8.8e13 - 1) < 1e-6
 
 
-def test_sweep_runs_writes_results_and_resumes(tmp_path, capsys):
-    data = tmp_path / "data"
-    prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], data, tokenizer="char")
+def test_sweep_runs_writes_results_and_resumes(tmp_path, capsys, char_data):
+    data = char_data
     exp_file = tmp_path / "exp.py"
     exp_file.write_text(EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=data, root=tmp_path / "runs",
                                           metric="val_loss"))

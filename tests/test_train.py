@@ -13,7 +13,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.checkpoint import load_run
 from gpt2jax.config import GPTConfig
-from gpt2jax.data import prepare as prep
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
 from gpt2jax.model import GPT, mean_loss
@@ -25,13 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 UNIGRAM_XENT = 3.35  # cross-entropy of Tiny Shakespeare's val characters under train character frequencies
 LOSS_BOUND = 2.85  # the tiny model below must beat this after STEPS steps (it reaches ~2.68)
 STEPS = 150
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("char")
-    prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], out, tokenizer="char")
-    return out
 
 
 def small_config(data_dir, run_root, name):

@@ -15,13 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("char")
-    prep.prepare_files([CORPUS], out, tokenizer="char")
-    return out
-
-
 def tiny(data_dir, run_root, *overrides):
     c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py"), *overrides])
     c.data.dir, c.run_root = str(data_dir), str(run_root)

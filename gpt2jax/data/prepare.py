@@ -17,7 +17,6 @@ always splits anyway, so the tokens equal those of the uncut text.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import os
 import re
@@ -29,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2jax.data.shards import META_FILE, TOKEN_DTYPE, DataError, write_meta, write_shard
-from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, tokenizer_from_dict
+from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, sha256_file, tokenizer_from_dict
 
 CHUNK_CHARS = 1 << 20  # cut documents into ~1 MiB pieces for the worker pool
 # A "\n" between two non-space characters is its own pre-token in GPT-2's regex (letters, digits and punctuation
@@ -216,14 +215,6 @@ def prepare(documents_fn, out_dir: Path, tokenizer, val_fraction: float, split_b
     return write_meta(out_dir, tokenizer, splits, {**source, "val_fraction": val_fraction, "split_by": split_by})
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def make_tokenizer(kind: str, documents_fn):
     if kind == "gpt2":
         return gpt2_tokenizer()
@@ -238,7 +229,7 @@ def prepare_files(files: list[Path], out: Path, tokenizer: str = "gpt2", val_fra
     """Tokenize text files (one document each) into `out`; returns meta.json's content."""
     files = [Path(f) for f in files]
     documents_fn = lambda: file_documents(files)  # noqa: E731
-    source = {"inputs": [{"path": str(f), "bytes": f.stat().st_size, "sha256": _sha256(f)} for f in files]}
+    source = {"inputs": [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]}
     total_chars = sum(len(d) for d in documents_fn()) if len(files) <= 1000 else None
     return prepare(documents_fn, Path(out), make_tokenizer(tokenizer, documents_fn), val_fraction, split_by,
                    shard_tokens, workers, total_chars, len(files), source, max_chars)
