@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from gpt2jax.config import GPTConfig
 from gpt2jax.generate import (
-    GenerationError, TextStream, bucket_length, decode_forward, generate, generate_ids, generate_text,
+    GenerationError, TextStream, bucket_length, decode_forward, filter_logits, generate, generate_ids, generate_text,
     init_layer_caches, left_pad, sample_logits, split_layers,
 )
 from gpt2jax.model import GPT, init_params
@@ -135,20 +135,24 @@ def test_same_seed_same_samples_other_seed_other_samples(params):
     assert all(0 <= t < CFG.vocab_size for row in a for t in row)
 
 
-def allowed_set(logits: np.ndarray, temperature: float, top_k, top_p) -> set[int]:
-    """Tokens a correct top-k / top-p sampler may return, recomputed in float64 numpy (HF's definitions)."""
+def allowed_set(logits: np.ndarray, temperature: float, top_k, top_p, sure: bool = False) -> set[int]:
+    """Tokens a correct top-k / top-p filter may keep (sure=False) or must keep (sure=True), in float64 numpy.
+
+    top-k: token i may stay if fewer than k tokens beat it, and must stay if at most k tie or beat it. top-p
+    (HF's definition, tied tokens together): a token stays when the tokens strictly more likely than it have
+    mass < top_p; a 1e-6 slack either way absorbs float32 rounding.
+    """
     z = logits.astype(np.float64) / temperature
-    order = np.argsort(-z, kind="stable")
-    finite = [i for i in order if np.isfinite(z[i])]
+    cand = np.flatnonzero(np.isfinite(z))
     if top_k is not None:
-        kth = z[finite[min(top_k, len(finite)) - 1]]
-        finite = [i for i in finite if z[i] >= kth]  # ties with the k-th value may be chosen either way
-    probs = np.exp(z[finite] - z[finite].max())
-    probs /= probs.sum()
-    if top_p is not None:
-        before = np.cumsum(probs) - probs
-        finite = [i for i, b in zip(finite, before) if b < top_p + 1e-6]  # float32 vs float64 slack
-    return set(int(i) for i in finite)
+        rank = np.array([(z[cand] >= z[i]).sum() if sure else (z[cand] > z[i]).sum() + 1 for i in cand])
+        cand = cand[rank <= top_k]
+    if top_p is not None and len(cand):
+        probs = np.exp(z[cand] - z[cand].max())
+        probs /= probs.sum()
+        more_likely = np.array([probs[probs > q].sum() for q in probs])
+        cand = cand[more_likely < top_p + (-1e-6 if sure else 1e-6)]
+    return set(cand.tolist())
 
 
 def test_top_k_top_p_never_leave_the_allowed_set():
@@ -158,7 +162,7 @@ def test_top_k_top_p_never_leave_the_allowed_set():
         lambda logits, key, t, p, k: sample_logits(logits[None], key, greedy=False, temperature=t, top_k=k,
                                                    top_p=p)[0],
         in_axes=(None, 0, None, None, None)), static_argnums=4)
-    checked = 0
+    kept_by_filter = jax.jit(lambda logits, t, p, k: filter_logits(logits[None], t, k, p), static_argnums=(2, 3))
     for case in range(120):
         logits = rng.normal(0, rng.choice([0.5, 2.0, 8.0]), V).astype(np.float32)
         logits[100:] = -np.inf  # padded vocabulary rows, as the model emits them
@@ -167,12 +171,23 @@ def test_top_k_top_p_never_leave_the_allowed_set():
         top_k = [None, 1, 3, 10, 50][case % 5]
         top_p = [None, 0.05, 0.5, 0.9, 1.0][(case // 5) % 5]
         temperature = float(rng.choice([0.3, 1.0, 2.5]))
+        p = 1.0 if top_p is None else top_p
+        values, ids = (np.asarray(a[0]) for a in kept_by_filter(jnp.asarray(logits), temperature, top_p, top_k))
+        kept = set(ids[np.isfinite(values)].tolist())
+        may, must = (allowed_set(logits, temperature, top_k, top_p, sure) for sure in (False, True))
+        assert must <= kept <= may, (case, top_k, top_p, sorted(kept ^ may))
         keys = jax.random.split(jax.random.key(case), draws)
-        got = np.asarray(sampler(jnp.asarray(logits), keys, temperature, 1.0 if top_p is None else top_p, top_k))
-        allowed = allowed_set(logits, temperature, top_k, top_p)
-        assert set(got.tolist()) <= allowed, (case, top_k, top_p, sorted(set(got.tolist()) - allowed))
-        checked += draws
-    assert checked == 120 * draws
+        got = set(np.asarray(sampler(jnp.asarray(logits), keys, temperature, p, top_k)).tolist())
+        assert got <= kept, (case, top_k, top_p, sorted(got - kept))
+
+
+def test_sampler_follows_the_softmax_distribution():
+    logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1, 0.0]))  # the last token has probability 0 (-inf)
+    keys = jax.random.split(jax.random.key(0), 40_000)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: sample_logits(logits[None], k, greedy=False)[0]))(keys))
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    assert freq[4] == 0
+    np.testing.assert_allclose(freq[:4], [0.5, 0.25, 0.15, 0.1], atol=0.012)  # > 5 standard errors
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(params):
