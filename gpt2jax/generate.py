@@ -287,28 +287,37 @@ def _build(plan: _Plan, callback_box: list):
                                                                  kv_valid)
 
         logits, caches = forward(init_layer_caches(cfg, B, S), tokens, positions[:, :P], 0)  # prefill (B, P, V)
+        def advance(step, token, out, done, lengths):
+            """Record this step's tokens; a row ends at eot_id (not counted) or when the callback stops it."""
+            # Finished rows repeat eot (or token 0 when there is none): a valid id to feed, never returned.
+            token = jnp.where(done, jnp.maximum(eot_id, 0), token)
+            out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
+            is_eot = ~done & (token == eot_id)
+            lengths = jnp.where(done, lengths, step + 1 - is_eot)  # (B,) tokens each row returns
+            return out, stream(token, step, done | is_eot), lengths
+
         key, sub = jax.random.split(key)
-        token = sample(logits[:, -1], sub)  # (B,)
-        out = jnp.full((B, plan.max_steps), eot_id, jnp.int32).at[:, 0].set(token)
-        done = stream(token, 0, token == eot_id)
+        no = jnp.zeros((B,), jnp.bool_)
+        out, done, lengths = advance(0, sample(logits[:, -1], sub), jnp.zeros((B, plan.max_steps), jnp.int32), no,
+                                     jnp.zeros((B,), jnp.int32))
 
         def cond(carry):
-            step, _, _, _, done, _ = carry
+            step, _, _, _, done, _, _ = carry
             return (step < max_new) & ~jnp.all(done)
 
         def body(carry):
-            step, caches, last, out, done, key = carry
+            step, caches, out, last, done, lengths, key = carry
             slot = P + step - 1  # where the previous token goes
             pos = jax.lax.dynamic_slice_in_dim(positions, slot, 1, axis=1)  # (B, 1)
             logits, caches = forward(caches, last[:, None], pos, slot)  # (B, 1, V)
             key, sub = jax.random.split(key)
-            token = jnp.where(done, eot_id, sample(logits[:, 0], sub))  # finished rows repeat eot
-            out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
-            done = stream(token, step, done | (token == eot_id))
-            return step + 1, caches, token, out, done, key
+            out, done, lengths = advance(step, sample(logits[:, 0], sub), out, done, lengths)
+            token = jax.lax.dynamic_index_in_dim(out, step, axis=1, keepdims=False)
+            return step + 1, caches, out, token, done, lengths, key
 
-        steps, _, _, out, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), caches, token, out, done, key))
-        return out, steps
+        carry = (jnp.int32(1), caches, out, out[:, 0], done, lengths, key)
+        steps, _, out, _, done, lengths, _ = jax.lax.while_loop(cond, body, carry)
+        return out, steps, lengths, done
 
     return jax.jit(run)
 
@@ -325,7 +334,7 @@ _COMPILED: dict[tuple, _Compiled] = {}
 
 def _compiled(plan: _Plan, args: tuple) -> tuple[_Compiled, bool]:
     """The compiled program for this plan and these argument shapes; compiled (and timed) on first use."""
-    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args))
+    shapes = tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args))
     key = (plan, jax.tree.structure(args), shapes)
     hit = key in _COMPILED
     if not hit:
@@ -346,7 +355,7 @@ def clear_compiled() -> None:
 @dataclasses.dataclass
 class GenerationResult:
     tokens: list[list[int]]  # new tokens per prompt, cut before the first eot_id
-    stopped: list[bool]  # per row: ended by eot_id or the callback (False = ran out of max_new_tokens)
+    stopped: list[bool]  # per row: ended by eot_id or by the callback (False: it used all max_new_tokens)
     steps: int  # decode steps run (<= max_new_tokens; fewer when every row stopped early)
     compile_s: float  # seconds spent compiling for this call (0.0 when the bucket was already compiled)
     run_s: float  # seconds of prefill + decode, excluding compilation
@@ -377,18 +386,12 @@ def generate_ids(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_n
     compiled.callback_box[0] = callback
     t0 = time.perf_counter()
     try:
-        out, steps = compiled.fn(*args)
-        out, steps = np.asarray(out), int(steps)
+        out, steps, lengths, done = (np.asarray(x) for x in compiled.fn(*args))
     finally:
         compiled.callback_box[0] = None
     run_s = time.perf_counter() - t0
-
-    rows, stopped = [], []
-    for row in out[:, :steps].tolist():
-        n = row.index(eot_id) if eot_id is not None and eot_id in row else len(row)
-        rows.append(row[:n])
-        stopped.append(n < len(row) or steps < max_new_tokens)
-    return GenerationResult(rows, stopped, steps, 0.0 if hit else compiled.compile_s, run_s, P, S)
+    rows = [row[:n].tolist() for row, n in zip(out, lengths)]
+    return GenerationResult(rows, done.tolist(), int(steps), 0.0 if hit else compiled.compile_s, run_s, P, S)
 
 
 def generate(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,

@@ -221,6 +221,14 @@ def test_callback_streams_every_step_in_order_and_can_stop(params):
     assert res.tokens == [row[:5] for row in generate(CFG, params, PROMPTS, 10, temperature=0.0)]
 
 
+def test_callback_stops_single_rows(params):
+    full = generate(CFG, params, PROMPTS, 8, temperature=0.0)
+    res = generate_ids(CFG, params, PROMPTS, 8, temperature=0.0,
+                       callback=lambda tokens, step: np.array([step >= 2, False, step >= 5]))
+    assert res.tokens == [full[0][:3], full[1], full[2][:6]]
+    assert res.stopped == [True, False, True] and res.steps == 8
+
+
 def test_one_compile_per_bucket(params):
     first = generate_ids(CFG, params, [[1, 2, 3]], 5, temperature=0.0)
     again = generate_ids(CFG, params, [[4, 5, 6, 7, 8]], 7, temperature=0.0)  # same (P, S) bucket
