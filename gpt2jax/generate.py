@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.model import Block, _layer_norm as layer_norm, init_cache, mask_padded_vocab
+from gpt2jax.model import Block, init_cache, layer_norm, mask_padded_vocab
 
 # A callback sees each step's tokens (B,) as numpy and may return True (stop all rows) or a (B,) bool array
 # (stop those rows). It runs on the host, between two compiled steps.

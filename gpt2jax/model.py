@@ -48,7 +48,7 @@ def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, nam
     )
 
 
-def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+def layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_epsilon,
         dtype=jnp.dtype(cfg.dtype),
@@ -144,10 +144,10 @@ class Block(nn.Module):
     def __call__(self, x, layer_cache, cache_index, kv_valid):
         cfg, det = self.cfg, self.deterministic
         y, new_cache = CausalSelfAttention(cfg, det, name="attn")(
-            _layer_norm(cfg, "ln_1")(x), layer_cache, cache_index, kv_valid
+            layer_norm(cfg, "ln_1")(x), layer_cache, cache_index, kv_valid
         )
         x = x + y
-        x = x + MLP(cfg, det, name="mlp")(_layer_norm(cfg, "ln_2")(x))
+        x = x + MLP(cfg, det, name="mlp")(layer_norm(cfg, "ln_2")(x))
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_seq", "activation_embed"))
         return x, new_cache
 
@@ -194,7 +194,7 @@ class GPT(nn.Module):
         )
         x, new_cache = stack(cfg, deterministic, name="h")(x, cache, cache_index, kv_valid)
 
-        x = _layer_norm(cfg, "ln_f")(x)
+        x = layer_norm(cfg, "ln_f")(x)
         logits = mask_padded_vocab(cfg, wte.attend(x).astype(jnp.float32))  # (B, T, V) tied LM head
         return logits if cache is None else (logits, new_cache)
 
