@@ -94,5 +94,5 @@ def test_mismatched_shapes_and_offline_hub_ids_give_one_clear_message(char_data,
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     c = tiny(char_data, tmp_path, "hub", max_steps=2)
     c.init_from = "gpt2-medium"
-    with pytest.raises(ConfigError, match=r"init_from='gpt2-medium': .*huggingface-cli download gpt2-medium"):
+    with pytest.raises(ConfigError, match=r"(?s)init_from='gpt2-medium': .*huggingface-cli download gpt2-medium"):
         train(c, devices=jax.devices()[:1])
