@@ -73,24 +73,25 @@ def t_quantile(level: float, nu: float) -> float:
 
 
 def summarize(values, level: float = 0.95) -> dict:
-    """n, mean, std (sample, ddof=1), and the `level` t-interval of the mean [ci_lo, ci_hi] (NaN for n < 2)."""
+    """n, mean, std (sample, ddof=1), and the `level` t-interval of the mean [ci_lo, ci_hi] (None when undefined:
+    no finite values, or one)."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
     n = int(x.size)
     if n == 0:
-        return dict(n=0, mean=math.nan, std=math.nan, ci_lo=math.nan, ci_hi=math.nan)
+        return dict(n=0, mean=None, std=None, ci_lo=None, ci_hi=None)
     mean = float(x.mean())
     if n < 2:
-        return dict(n=1, mean=mean, std=math.nan, ci_lo=math.nan, ci_hi=math.nan)
+        return dict(n=1, mean=mean, std=None, ci_lo=None, ci_hi=None)
     std = float(x.std(ddof=1))
     half = t_quantile(level, n - 1) * std / math.sqrt(n)
     return dict(n=n, mean=mean, std=std, ci_lo=mean - half, ci_hi=mean + half)
 
 
 def welch_p(a, b) -> float:
-    """Two-sided p-value of Welch's t-test that samples a and b have equal means (NaN with < 2 values each)."""
+    """Two-sided p-value of Welch's t-test that samples a and b have equal means (None with < 2 values each)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size < 2 or b.size < 2:
-        return math.nan
+        return None
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     if va + vb == 0:
         return 1.0 if a.mean() == b.mean() else 0.0
