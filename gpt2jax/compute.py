@@ -37,3 +37,24 @@ def compute_summary(cfg: GPTConfig, seq_len: int, tokens_per_step: int, step: in
                 flops=float(fpt) * tokens, flops_6nd=6.0 * n * tokens, wall_s=wall_s, train_loop_s=loop_s,
                 achieved_flops_per_s=achieved, peak_flops_per_s=peak,
                 mfu=achieved / peak if achieved and peak else None)
+
+
+def isoflop_grid(budgets, sizes, seq_len: int, tokens_per_step: int, vocab_size: int, head_dim: int = 64,
+                 min_steps: int = 20) -> list[dict]:
+    """Sweep bundles for IsoFLOP profiles: for each budget C and each (n_layer, n_embd) in its list of sizes, the
+    model fields and train.max_steps = round(C / (flops_per_token * tokens_per_step)), so that every run of a
+    budget spends C training FLOPs (to the rounding of whole steps); each point is named "<C>_<n_layer>x<n_embd>".
+    sizes: one list for all budgets, or a list
+    per budget. Points with fewer than min_steps steps are left out."""
+    from gpt2jax.model import flops_per_token
+
+    points = []
+    for i, budget in enumerate(budgets):
+        for n_layer, n_embd in (sizes[i] if isinstance(sizes[0][0], (list, tuple)) else sizes):
+            cfg = GPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // head_dim), n_positions=seq_len,
+                            vocab_size=vocab_size)
+            steps = round(budget / (flops_per_token(cfg, seq_len) * tokens_per_step))
+            if steps >= min_steps:
+                points.append({"name": f"{budget:.0e}_{n_layer}x{n_embd}", "model.n_layer": n_layer, "model.n_embd": n_embd, "model.n_head": cfg.n_head,
+                               "train.max_steps": steps, "train.eval_every": steps})
+    return points

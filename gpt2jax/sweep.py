@@ -128,7 +128,7 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
 
     A grid key with a dot is one field ("model.n_head": [1, 2, 4]). A key without a dot names a bundle of fields
     that change together, each value a dict ("context": [{"data.seq_len": 32, "model.n_positions": 32}, ...]);
-    the variant is named after the bundle's values ("context=32-32-24").
+    the variant is named after the bundle's values ("context=32-32-24"), or its "name" entry when it has one.
     """
     grid = dict(experiment.grid)
     out = []
@@ -140,8 +140,9 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
                 parts.append(f"{key.split('.')[-1]}={value}")
             else:
                 value = dict(value)
+                label = value.pop("name", None)  # a bundle may name itself; "name" is not a config field
                 overrides.update(value)
-                parts.append(f"{key}=" + "-".join(str(v) for v in value.values()))
+                parts.append(f"{key}=" + (label or "-".join(str(v) for v in value.values())))
         out.append((",".join(parts) or "base", overrides))
     return out
 
