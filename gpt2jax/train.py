@@ -4,7 +4,8 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
   1. data: open the prepared train/val splits; the model's vocabulary comes from their tokenizer;
   2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
   3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
-  4. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings;
+  4. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
   5. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan);
   6. the loop: log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C stops after the current step
      with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
@@ -31,8 +32,8 @@ from tqdm import tqdm
 from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
-from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.compute import compute_summary
+from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
 from gpt2jax.model import GPT, count_params, flops_per_token, init_params, mean_loss, token_nll
 from gpt2jax.optim import make_optimizer
