@@ -17,7 +17,9 @@ An experiment file defines `get_experiment()` returning an `Experiment`:
     baseline    a variant name: every other variant gets a Welch t-test p-value of its metric against it
     fit         "" | "power_law": metric = (N_c / N) ** alpha over non-embedding parameters N (Kaplan et al. 2020,
                 eq. 1.5) | "scaling": every fit of gpt2jax.scaling the runs allow | a tuple of gpt2jax.scaling.FITS
-    replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.replicas) when they can
+    replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.replicas) when they can;
+                "auto" (default): only where that pays, on GPUs (on this CPU a vmapped step is slower than S
+                separate ones, bench/bench_replicas.py); False: never
 
 Per variant the table gives n, mean, std and the 95% t-interval of the metric over seeds, and with a baseline the
 Welch p-value (gpt2jax.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.compute) is in
@@ -60,7 +62,7 @@ class Experiment:
     seeds: int | list = 1
     baseline: str = ""
     metrics: tuple = ()
-    replicas: bool = True
+    replicas: bool | str = "auto"
 
     def __post_init__(self):
         from gpt2jax.scaling import FITS
@@ -327,14 +329,18 @@ def is_finished(config) -> bool:
 def jobs_of(experiment, configs) -> list[list]:
     """Runs that train together: the unfinished seeds of one variant as one replica group (when they may),
     every other run alone. Each job is a list of (variant, config)."""
+    from gpt2jax.parallel import gpu_count
     from gpt2jax.replicas import replica_key
 
+    # a decision from nvidia-smi, not JAX: the parent of --parallel must not take the GPUs, and must group as its
+    # children do
+    use_replicas = experiment.replicas is True or (experiment.replicas == "auto" and gpu_count() > 0)
     jobs, groups = [], {}
     for variant, config in configs:
         if is_finished(config):
             continue
         fresh = not (Path(config.run_root) / config.name / "checkpoints").exists() and not config.init_from
-        if experiment.replicas and fresh and experiment.seed_list():
+        if use_replicas and fresh and experiment.seed_list():
             groups.setdefault((variant, replica_key(config)), []).append((variant, config))
         else:
             jobs.append([(variant, config)])

@@ -84,6 +84,7 @@ def get_experiment():
                     "optim.warmup_steps": 1, "train.async_checkpoint": False}},
         grid={{"optim.lr": [3e-3, 1e-2]}},
         seeds=3,
+        replicas=True,  # on CPU the default "auto" trains seeds one by one
         baseline="lr=0.003",
         metrics=("loss",),
         run_root="{root}",
