@@ -14,7 +14,9 @@ from gpt2jax.sweep import Experiment
 
 SEQ_LEN, BATCH = 64, 16
 BUDGETS = [1e11, 3e11, 9e11]  # training FLOPs per run
-SIZES = [(1, 32), (2, 32), (2, 48), (2, 64), (3, 64), (3, 96), (4, 128)]  # (n_layer, n_embd), 16-wide heads
+# (n_layer, n_embd), 16-wide heads. A first run on sizes two steps larger ((1, 32) ... (4, 128)) found the loss
+# still falling towards the smallest model at every budget (no IsoFLOP minimum inside the grid), hence these.
+SIZES = [(1, 16), (1, 24), (1, 32), (2, 32), (2, 48), (2, 64), (3, 64)]
 
 
 def get_experiment():

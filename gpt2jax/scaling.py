@@ -375,8 +375,8 @@ def describe(fits: dict, n_key: str = "params") -> list[str]:
 # ---- plots -------------------------------------------------------------------------------------------------
 
 def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metric", n_key: str = "params",
-              title: str = "") -> list[Path]:
-    """One PNG per fit (scaling_<name>.png) -> the paths written."""
+              title: str = "", loss_label: str = "") -> list[Path]:
+    """One PNG per fit (scaling_<name>.png) -> the paths written. loss_key: the column; loss_label: its name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -405,7 +405,7 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
             lim = [min(obs.min(), pred.min()), max(obs.max(), pred.max())]
             ax.plot(lim, lim, "k--", lw=1, label=f"alpha={f['alpha']:.3f}, beta={f['beta']:.3f}, E={f['E']:.3f}")
             ax.set_xlabel("L(N, D) fit")
-        ax.set_ylabel(loss_key)
+        ax.set_ylabel(loss_label or loss_key)
         ax.legend(fontsize=8)
         fig.suptitle(f"{title} {name}".strip())
         fig.tight_layout()

@@ -246,7 +246,8 @@ def write_results(out_dir: Path, experiment, rows: list[dict]) -> dict:
 
         result["scaling"] = scaling.fit_all(done, "metric", "params", experiment.scaling_fits())
         (out_dir / "scaling.json").write_text(json.dumps(result["scaling"], indent=1) + "\n")
-        plots = scaling.plot_fits(result["scaling"], done, out_dir, experiment.metric, "params", experiment.name)
+        plots = scaling.plot_fits(result["scaling"], done, out_dir, "metric", "params", experiment.name,
+                                  experiment.metric)
         lines += ["", "Scaling fits (gpt2jax.scaling; N = all parameters, D = tokens, C = training FLOPs):",
                   *scaling.describe(result["scaling"]), *[f"![{p.stem}]({p.name})" for p in plots]]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
