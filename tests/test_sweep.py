@@ -127,3 +127,20 @@ def test_seeds_sweep_in_parallel_gives_statistics_and_resumes(tmp_path, capsys, 
     again = main([str(exp_file), "--parallel", "2"])
     assert "6 of 6 runs already finished" in capsys.readouterr().out
     assert again["stats"] == result["stats"]
+
+
+def test_results_with_scaling_fits_write_fits_and_plots(tmp_path):
+    """The sweep's table feeds gpt2jax.scaling (IsoFLOP rows from the Chinchilla law) and links its plots."""
+    from gpt2jax.sweep import write_results
+    from tests.test_scaling import isoflop_rows
+
+    exp = Experiment(name="iso", base="b.py", grid={"model.n_layer": [1]}, metric="final.val_loss",
+                     fit=("isoflop", "L(C)"))
+    rows = [dict(variant=f"v{i}", non_embedding_params=r["params"], steps=1, metric=r["metric"], seed=0,
+                 params=r["params"], tokens=r["tokens"], flops=r["flops"], wall_s=1.0, mfu=None)
+            for i, r in enumerate(isoflop_rows(np.random.default_rng(0)))]
+    result = write_results(tmp_path, exp, rows)
+    assert abs(result["scaling"]["isoflop"]["a"] - 0.28 / 0.62) < 0.02
+    md = (tmp_path / "results.md").read_text()
+    assert "IsoFLOP (approach 2): N_opt = " in md and "![scaling_isoflop](scaling_isoflop.png)" in md
+    assert (tmp_path / "scaling_isoflop.png").stat().st_size > 0 and (tmp_path / "scaling.json").is_file()
