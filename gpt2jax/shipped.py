@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 DEMO_CORPUS = "tinyshakespeare.txt"
@@ -22,9 +21,10 @@ FILES = (DEMO_CORPUS, "README.md", "eval/README.md", "eval/wikitext-2/wiki.test.
 
 
 def shipped_dir() -> Path:
-    """The directory that holds the shipped files (installed packages are plain directories, never zips)."""
+    """The directory that holds the shipped files: beside this module (gpt2jax is a namespace package, so
+    `importlib.resources.files("gpt2jax")` could merge several directories; this file's own is the one)."""
     override = os.environ.get("GPT2JAX_SHIPPED_DATA")
-    return Path(override) if override else Path(str(resources.files("gpt2jax") / "shipped"))
+    return Path(override) if override else Path(__file__).parent / "shipped"
 
 
 def shipped_path(relpath: str) -> Path:
