@@ -21,7 +21,9 @@ the text at the first stop string. Scoring is data parallel over the local devic
 model_args: init_from (required), batch_size (rows per forward pass; rounded up to a multiple of the local
 device count; default 8 per device), max_length (default: the model's n_positions), max_gen_toks (default 256),
 dtype (float32 | bfloat16 | float16). Needs the `harness` extra: pip install "gpt2jax[harness]".
-This module imports lm_eval; nothing else in gpt2jax does.
+From Python, pass `bootstrap_iters=0` to simple_evaluate (or call
+`multiprocessing.set_start_method("forkserver")` first): lm-eval bootstraps stderrs in a forked pool, and forking
+a process with JAX's threads can deadlock. This module imports lm_eval; nothing else in gpt2jax does.
 """
 from __future__ import annotations
 
@@ -30,8 +32,10 @@ import sys
 
 import jax
 import numpy as np
+import lm_eval.models  # noqa: F401  lm-eval's own table first: it is only loaded while the registry is empty
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm.auto import tqdm
 
 from gpt2jax.config import ConfigError
@@ -144,8 +148,6 @@ class GPT2JaxLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generate until a stop string (or <|endoftext|>, or max_gen_toks), requests with equal generation
         arguments batched together, longest prompts first."""
-        from lm_eval.models.utils import normalize_gen_kwargs
-
         args = [r.args for r in requests]
         groups: dict[str, list[int]] = {}
         for i, (_, gen_kwargs) in enumerate(args):
@@ -186,7 +188,13 @@ class GPT2JaxLM(TemplateLM):
 
 def main(argv: list[str] | None = None) -> int:
     """lm-eval's CLI with the `gpt2jax` model type registered."""
+    import multiprocessing
+
     from lm_eval.__main__ import cli_evaluate
+
+    # lm-eval bootstraps metric stderrs in a multiprocessing pool; forking this process (JAX threads running)
+    # can deadlock, so workers start from a clean server process instead.
+    multiprocessing.set_start_method("forkserver", force=True)
 
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
     try:
