@@ -28,12 +28,13 @@ from .test_eval_e2e import CFG, trained_model_dir  # noqa: E402,F401  (the tiny 
 TASKS = ["local_wikitext", "local_choice", "local_lambada", "local_generate"]
 RTOL = 1e-4
 
-WIKITEXT_YAML = """task: local_wikitext
+HEADER = """task: {task}
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: {data}}}}}
-output_type: loglikelihood_rolling
+output_type: {output_type}
 test_split: test
-doc_to_text: ""
+"""
+WIKITEXT_YAML = """doc_to_text: ""
 doc_to_target: !function preprocess_wikitext.wikitext_detokenizer
 process_results: !function preprocess_wikitext.process_results
 metric_list:
@@ -41,12 +42,7 @@ metric_list:
   - metric: byte_perplexity
   - metric: bits_per_byte
 """
-LAMBADA_YAML = """task: local_lambada
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-output_type: loglikelihood
-test_split: test
-doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
+LAMBADA_YAML = """doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
 doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
 metric_list:
   - metric: perplexity
@@ -56,24 +52,14 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-CHOICE_YAML = """task: local_choice
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{question}}}}"
+CHOICE_YAML = """doc_to_text: "{{{{question}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: "{{{{answer}}}}"
 metric_list:
   - metric: acc
   - metric: acc_norm
 """
-GENERATE_YAML = """task: local_generate
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: {data}}}}}
-output_type: generate_until
-test_split: test
-doc_to_text: "{{{{prompt}}}}"
+GENERATE_YAML = """doc_to_text: "{{{{prompt}}}}"
 doc_to_target: "{{{{target}}}}"
 generation_kwargs:
   until: ["\\n\\n", "."]
@@ -111,9 +97,11 @@ def write_tasks(d: Path) -> Path:
     choice = write_jsonl(d / "choice.jsonl", [{"question": q, "choices": c, "answer": a} for q, c, a in CHOICES])
     lines = [l for l in (REPO / "data" / "tinyshakespeare.txt").read_text().split("\n\n")[:8]]
     gen = write_jsonl(d / "generate.jsonl", [{"prompt": block[:120], "target": ""} for block in lines])
-    for name, yaml, data in (("wikitext", WIKITEXT_YAML, pages), ("lambada", LAMBADA_YAML, lam),
-                             ("choice", CHOICE_YAML, choice), ("generate", GENERATE_YAML, gen)):
-        (d / f"{name}.yaml").write_text(yaml.format(data=json.dumps(str(data))), encoding="utf-8")
+    for name, output_type, body, data in (
+            ("wikitext", "loglikelihood_rolling", WIKITEXT_YAML, pages), ("lambada", "loglikelihood", LAMBADA_YAML, lam),
+            ("choice", "multiple_choice", CHOICE_YAML, choice), ("generate", "generate_until", GENERATE_YAML, gen)):
+        header = HEADER.format(task=f"local_{name}", data=json.dumps(str(data)), output_type=output_type)
+        (d / f"{name}.yaml").write_text(header + body.replace("{{", "{").replace("}}", "}"), encoding="utf-8")
     return d
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from gpt2jax.data import prepare as prep
 
+from .test_multiprocess import wait_all
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240  # per process; a missing peer makes jax.distributed abort after initialization_timeout
 
@@ -75,16 +77,7 @@ def test_slurm_environment_forms_one_job(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), *args], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=srun_env(job_id, i), cwd=tmp_path)
              for i in range(2)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"SLURM-environment job did not finish in {TIMEOUT_S}s")
-    for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"task {i} exited with {p.returncode}:\n{out[-3000:]}"
+    outputs = wait_all(procs, TIMEOUT_S, "SLURM-environment job")
     jobs = [json.loads(line.split(" ", 1)[1]) for out in outputs for line in out.splitlines()
             if line.startswith("JOB ")]
     assert [j["process_index"] for j in jobs] == [0, 1]  # SLURM_PROCID became the process index
