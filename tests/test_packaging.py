@@ -121,3 +121,14 @@ def test_extras_match_the_requirement_files():
 def test_extras_resolve():
     """`pip install --dry-run` of every extra resolves (needs the package index; scripts/check_extras.sh)."""
     run(["bash", str(REPO / "scripts" / "check_extras.sh")], cwd=REPO, timeout=1200)
+
+
+def test_core_package_imports_no_test_or_harness_dependency():
+    """lm-eval (the harness extra) and torch/transformers (test-only) are never imported by the core package."""
+    modules = [p.relative_to(REPO).with_suffix("").as_posix().replace("/", ".") for p in (REPO / "gpt2jax").rglob("*.py")
+               if p.name != "harness.py" and p.name != "__init__.py"]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "bad = sorted({'lm_eval', 'torch', 'transformers', 'datasets'} & set(sys.modules))\n"
+            "assert not bad, bad\n")
+    run([sys.executable, "-c", code], cwd=REPO)
