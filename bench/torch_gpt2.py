@@ -181,3 +181,58 @@ class Trainer:
             idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), 1)], dim=1)
         self.model.train()
         return idx
+
+
+def full_reference_run(config, data_dir, out_dir) -> dict:
+    """A gpt2jax training config (e.g. configs/shakespeare_char.py) run with nanoGPT's loop: random batches
+    (get_batch), loss read every log_every steps, an eval of eval_batches val batches + a 100-token sample + a
+    checkpoint (torch.save) every eval_every steps, then the whole val split scored with the same sliding windows as
+    gpt2jax's final eval and a last sample. Returns wall time and losses."""
+    import time
+    from pathlib import Path
+
+    from gpt2jax.data.shards import open_split
+    from gpt2jax.eval.windows import sliding_window_nll
+
+    t0 = time.time()
+    t, T = config.train, config.data.seq_len
+    train_tokens = np.asarray(open_split(data_dir, "train").tokens(), np.int64)
+    val_split = open_split(data_dir, "val")
+    val_tokens = np.asarray(val_split.tokens(), np.int64)
+    m = config.model
+    model = GPT(m.n_layer, m.n_head, m.n_embd, m.n_positions, val_split.tokenizer.n_vocab)
+    trainer = Trainer(model, config.optim, t.max_steps)
+    rng = np.random.default_rng(config.seed)
+    eval_bs = t.eval_batch_size or t.batch_size
+
+    def get_batch(tokens, n):  # nanoGPT get_batch: n random windows of T + 1 tokens
+        ix = rng.integers(0, len(tokens) - T - 1, n)
+        return torch.from_numpy(np.stack([tokens[i:i + T + 1] for i in ix]))
+
+    val_batches = [get_batch(val_tokens, eval_bs) for _ in range(t.eval_batches)]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompt = torch.zeros((1, 1), dtype=torch.long)
+    val_loss = loss = None
+    for step in range(1, t.max_steps + 1):
+        loss = trainer.step(get_batch(train_tokens, t.batch_size)[None])
+        if step % t.log_every == 0:
+            loss = float(loss)  # nanoGPT's loss.item() at log_interval
+        if step % t.eval_every == 0 or step == t.max_steps:
+            val_loss = trainer.eval_loss(val_batches)
+            if t.sample_tokens and not (step == t.max_steps and t.final_eval):
+                trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
+            torch.save(dict(model=model.state_dict(), optimizer=trainer.opt.state_dict(), step=step),
+                       out_dir / "ckpt.pt")
+    final = None
+    if t.final_eval:
+        def nll_fn(inputs, targets):
+            with torch.no_grad():
+                logits = model(torch.from_numpy(inputs.astype(np.int64)))
+                return F.cross_entropy(logits.transpose(1, 2), torch.from_numpy(targets.astype(np.int64)),
+                                       reduction="none").numpy()
+        model.eval()
+        final = float(sliding_window_nll(nll_fn, val_tokens, T, t.final_eval_stride or max(1, T // 2), eval_bs).mean())
+        if t.sample_tokens:
+            trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
+    return dict(wall_s=time.time() - t0, loss=float(loss), val_loss=val_loss, final_val_loss=final)

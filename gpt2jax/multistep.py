@@ -34,6 +34,20 @@ def make_multi_step(step_fn):
     return multi_step
 
 
+def compile_on_first_call(jitted, context, *abstract_args):
+    """A compiled function for these abstract arguments, traced inside context() and compiled when first called
+    (never, if never called)."""
+    compiled = []
+
+    def call(*args):
+        if not compiled:
+            with context():
+                compiled.append(jitted.lower(*abstract_args).compile())
+        return compiled[0](*args)
+
+    return call
+
+
 def cadence(t) -> int:
     """The step counts every call must line up with: gcd of eval_every, checkpoint_every and stop_at."""
     g = math.gcd(t.eval_every, t.checkpoint_every or t.eval_every)

@@ -15,6 +15,7 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -92,20 +93,26 @@ def make_nll_fn(cfg):
     return lambda params, inputs, targets: token_nll(model.apply({"params": params}, inputs), targets)
 
 
-def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape) -> dict:
+def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
+                  context=contextlib.nullcontext) -> dict:
     """The compiled single step ("step") and, for k_steps > 1, the k-steps-per-call scan ("multi", taking
-    (k, A, B, T+1) batches sharded as "multi_batch_sh"). Call under activation_context(mesh, rules)."""
+    (k, A, B, T+1) batches sharded as "multi_batch_sh"). With k_steps > 1 the single step only serves a tail of
+    steps shorter than a call, so it compiles when first called. context() is entered while tracing: e.g.
+    `lambda: activation_context(mesh, rules)`."""
     step = make_train_step(cfg, tx, schedule, state_sh["params"])
     rep = replicated(batch_sh.mesh)
     tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
-    out = dict(step=jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
-                            donate_argnums=0).lower(abstract_state, tokens()).compile())
-    if k_steps > 1:
-        multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
-        multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
-                        out_shardings=(state_sh, rep), donate_argnums=0)
-        out.update(multi=multi.lower(abstract_state, tokens(k_steps)).compile(), multi_batch_sh=multi_sh)
-    return out
+    single = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    if k_steps == 1:
+        with context():
+            return dict(step=single.lower(abstract_state, tokens()).compile())
+    multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
+                    out_shardings=(state_sh, rep), donate_argnums=0)
+    with context():
+        compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
+    return dict(multi=compiled, multi_batch_sh=multi_sh,
+                step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
 
 
 class TrainLog:
@@ -291,15 +298,15 @@ def train(config, devices=None) -> dict:
     t_compile = time.time()
     with activation_context(mesh, rules):
         fns = compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps,
-                            (t.grad_accum, t.batch_size, T + 1))
-        step_fn, multi_fn = fns["step"], fns.get("multi")
+                            (t.grad_accum, t.batch_size, T + 1), lambda: activation_context(mesh, rules))
+        step_fn, multi_fn = fns["step"], fns.get("multi")  # multi_fn: None when one step per call
         nll = make_nll_fn(cfg)
         eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
                           in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
         rows_sh = NamedSharding(mesh, b_spec)
         nll_fn = jax.jit(nll, in_shardings=(p_sh, rows_sh, rows_sh), out_shardings=rep)
     compile_s = time.time() - t_compile
-    say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))
+    say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
 
     # 5. state, created or restored in its shardings
     if start:
