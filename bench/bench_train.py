@@ -208,24 +208,25 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
         ours = OursTrainer(cfg, optim, batch, seq_len, max_steps=10_000)
         ours.run(max(n_steps, ours.k))  # warm-up
     print(f"  ours: compile {ours.compile_s:.1f}s, {ours.k} step(s)/call", flush=True)
-    if gpu:
+    cuda = gpu and torch.cuda.is_available()  # gpu without CUDA: --toy on a CPU, to try the script
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     n_steps = -(-n_steps // ours.k) * ours.k  # whole calls
     sides, first_s, torch_mem = {"gpt2jax": lambda: ours.run(n_steps)}, {}, {}
     for th in threads:
         torch.set_num_threads(th)
         with PeakRSS() as mem:
-            ref = TorchSide(cfg, ours.params(), optim, batch, seq_len, 10_000, "cuda" if gpu else "cpu", gpu)
+            ref = TorchSide(cfg, ours.params(), optim, batch, seq_len, 10_000, "cuda" if cuda else "cpu", cuda)
             t = time.perf_counter()
             ref.run(1)  # warm-up (torch.compile on GPU)
             first_s[th] = time.perf_counter() - t
             ref.run(1)
-        torch_mem[th] = torch.cuda.max_memory_allocated() if gpu else mem.growth
+        torch_mem[th] = torch.cuda.max_memory_allocated() if cuda else mem.growth
 
         def run_ref(ref=ref, th=th):
             torch.set_num_threads(th)
             ref.run(n_steps)
-            if gpu:
+            if cuda:
                 torch.cuda.synchronize()
         sides[f"torch_{th}t"] = run_ref
     runs, loads = alternate(sides, args.repeats, name)
@@ -233,7 +234,7 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
     best = min((n for n in ms if n != "gpt2jax"), key=ms.get)
     tokens = batch * seq_len
     fpt = flops_per_token(cfg, seq_len)
-    ours_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use") if gpu else ours_mem.growth
+    ours_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use") if cuda else ours_mem.growth
     row = dict(part=name, shape=f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd} B{batch}xT{seq_len} {cfg.dtype}",
                ours_step_ms=ms["gpt2jax"], ref_step_ms=ms[best], ref=best,
                ours_tok_s=tokens / ms["gpt2jax"] * 1e3, ref_tok_s=tokens / ms[best] * 1e3,
@@ -378,8 +379,9 @@ def main(argv=None) -> int:
     bad = sorted(set(parts) - set(PARTS))
     if bad or args.repeats < 1:
         raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats < 1")
-    if "gpu" in parts and not gpu:
-        raise SystemExit("error: --only gpu needs a CUDA device; jax sees " + jax.devices()[0].platform)
+    if "gpu" in parts and not gpu and not args.toy:
+        raise SystemExit("error: --only gpu needs a CUDA device (or --toy to try it); jax sees "
+                         + jax.devices()[0].platform)
     import torch
 
     devices = list(jax.devices()[:1])
@@ -416,7 +418,7 @@ def main(argv=None) -> int:
     print("\n" + text)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "train" if not gpu else "train_gpu"
+    stem = "train_gpu" if "gpu" in parts else "train"
     (out / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str) + "\n")
     (out / f"{stem}.md").write_text(f"# Training throughput: gpt2jax vs the PyTorch reference\n\n`{meta['command']}`"
                                     f"\n\n{json.dumps(meta)}\n\n{text}\n")

@@ -80,7 +80,7 @@ def from_gpt2jax_config(cfg) -> GPT:
 def load_gpt2jax_params(model: GPT, params) -> GPT:
     """Copy gpt2jax parameters (stacked layers, (in, out) kernels) into the torch model: identical start."""
     p = {k: np.asarray(v) for k, v in _flatten(params).items()}
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731  (a writable copy)
     with torch.no_grad():
         model.wte.weight.copy_(t(p["wte/embedding"]))
         model.wpe.weight.copy_(t(p["wpe/embedding"]))
