@@ -7,7 +7,8 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
   4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
      small models one that runs several steps per call (gpt2jax.multistep), compiled from abstract shapes; a
      step that cannot fit the device's memory stops here (gpt2jax.memory), before any state exists;
-  5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings;
+  5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
   6. the loop (metrics read one call late, so the device never waits for the host): log, evaluate on fixed val
      batches, sample, checkpoint; Ctrl-C stops after the current call with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
 
@@ -32,8 +33,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
 from gpt2jax import multistep
+from gpt2jax.compute import compute_summary
 from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
@@ -270,8 +273,13 @@ def train(config, devices=None) -> dict:
                                  async_save=t.async_checkpoint)
     start = prepare_run_dir(config, run_dir, cfg, tokenizer, ckpts)
     lead = jax.process_index() == 0
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if config.init_from and not start:
+        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
     if lead:
         write_run_files(config, run_dir, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(run_dir, init[1])
         if start:
             metrics_lib.rewind_metrics(run_dir, start)
     logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
@@ -315,9 +323,13 @@ def train(config, devices=None) -> dict:
         train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
         restored = ckpts.restore(start, with_sh(abstract_state["params"], p_sh), train_target)
         state = dict(params=restored["params"], **restored["train"])
-        say(f"resumed {run_dir} at step {start}")
+        say(f"resumed {run_dir} at step {start}" + (f" (init_from={config.init_from!r} ignored)" if config.init_from
+                                                     else ""))
     else:
         state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+        if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
+            state["params"] = jax.device_put(init[0], p_sh)
+            say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
 
     val_batches = global_batch(val_loader, 0, NamedSharding(mesh, P(None, *batch_sh.spec)), t.eval_batches)
 
@@ -337,6 +349,7 @@ def train(config, devices=None) -> dict:
         lead and t.progress))
     last = dict(loss=None, val_loss=None)
     step = start
+    loop_t0 = time.time()
     log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last)
     try:
         if t.eval_at_start and start == 0:
@@ -367,6 +380,7 @@ def train(config, devices=None) -> dict:
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
     finally:
         log.flush(keep_last=False, check=False)
+        loop_s = time.time() - loop_t0
         bar.close()
         ckpts.wait()
         if previous_handler is not None:
@@ -387,7 +401,8 @@ def train(config, devices=None) -> dict:
     ckpts.close()
     summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
                    stopped_early=step < t.max_steps, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
-                   final=final, compile_s=compile_s, wall_s=time.time() - t0)
+                   final=final, compile_s=compile_s)
+    summary.update(compute_summary(cfg, T, tokens_per_step, step, step - start, loop_s, time.time() - t0, peak))
     if lead:
         if t.plot:
             metrics_lib.plot_losses(run_dir)

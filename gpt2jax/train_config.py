@@ -25,6 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "run"
     c.run_root = "runs"
     c.seed = 0
+    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.init_from); "" = random
+    c.init_from = ""
 
     c.model = GPTConfig().to_dict()
     c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size, filled in from the data
