@@ -372,6 +372,13 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str) + "\n")
+    (out / f"{stem}.md").write_text(f"# Training throughput: gpt2jax vs the PyTorch reference\n\n`{meta['command']}`"
+                                    f"\n\n{json.dumps(meta)}\n\n{table(rows)}\n")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     gpu = jax.devices()[0].platform == "gpu"
@@ -395,33 +402,30 @@ def main(argv=None) -> int:
                 command="python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(meta), flush=True)
     sh, rows = shapes(args), []
+    out, stem = Path(args.out_dir), "train_gpu" if "gpu" in parts else "train"
+
+    def done(row):  # results are written after every part, so a cut-short run keeps what it measured
+        rows.append(row)
+        write_results(out, stem, meta, rows)
+
     threads = args.torch_threads
+    threads_full = [max(threads)]
     if "char" in parts:
         cfg, b, t = sh["char"]
-        rows.append(step_part("char", cfg, b, t, args.char_steps, args, peak, threads))
-        best = rows[-1]["ref"]
-        threads_full = [int(best.split("_")[1][:-1])]
-    else:
-        threads_full = [max(threads)]
+        done(step_part("char", cfg, b, t, args.char_steps, args, peak, threads))
+        threads_full = [int(rows[-1]["ref"].split("_")[1][:-1])]  # the full run uses the faster thread count
     if "124m" in parts:
         cfg, b, t = sh["big"]
-        rows.append(step_part("124m", cfg, b, t, args.big_steps, args, peak, [max(threads)]))
+        done(step_part("124m", cfg, b, t, args.big_steps, args, peak, [max(threads)]))
     if "score" in parts:
-        rows.append(score_part(args, peak, threads))
+        done(score_part(args, peak, threads))
     if "full" in parts:
-        rows.append(full_part(args, threads_full))
+        done(full_part(args, threads_full))
     if "gpu" in parts:
         for cfg, b, t in sh["gpu"]:
-            rows.append(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak,
-                                  [1], gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95)))
-    text = table(rows)
-    print("\n" + text)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "train_gpu" if "gpu" in parts else "train"
-    (out / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str) + "\n")
-    (out / f"{stem}.md").write_text(f"# Training throughput: gpt2jax vs the PyTorch reference\n\n`{meta['command']}`"
-                                    f"\n\n{json.dumps(meta)}\n\n{text}\n")
+            done(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak, [1],
+                           gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95)))
+    print("\n" + table(rows))
     print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
     return 0
 
