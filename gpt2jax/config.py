@@ -11,8 +11,6 @@ from typing import Any, Mapping
 
 # GPT-2's BPE vocabulary: 50,000 merges + 256 byte tokens + <|endoftext|> (Radford et al. 2019, Sec. 2.2).
 GPT2_VOCAB_SIZE = 50257
-# nanoGPT's padding: the next multiple of 64 above 50257, friendlier to matmul tiling.
-GPT2_PADDED_VOCAB_SIZE = 50304
 
 # The four released sizes (Radford et al. 2019, Table 2; n_head from the released hparams.json).
 GPT2_PRESETS: dict[str, dict[str, int]] = {

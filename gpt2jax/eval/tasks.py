@@ -18,12 +18,14 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
+from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "data" / "eval"
 DEFAULT_DATA_DIR = Path(os.environ.get("GPT2JAX_EVAL_DATA", REPO_ROOT.parent / "shared" / "data"))
 DEFAULT_CACHE_DIR = Path(os.environ.get("GPT2JAX_CACHE", Path.home() / ".cache" / "gpt2jax")) / "eval"
 
-GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_SIZES = tuple(GPT2_PRESETS)  # the released sizes, smallest first
 
 
 class DataError(ValueError):
@@ -236,8 +238,6 @@ def read_text(path: Path) -> str:
 
 def reference_size(cfg) -> str | None:
     """Which released GPT-2 a config has the shape of (for the reference columns), or None."""
-    from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
-
     for name, shape in GPT2_PRESETS.items():
         if all(getattr(cfg, k) == v for k, v in shape.items()) and cfg.vocab_size == GPT2_VOCAB_SIZE \
                 and cfg.n_positions == 1024:
