@@ -293,3 +293,12 @@ def test_continue_text_slides_past_the_context_window(params):
     assert text.startswith("hello" + first) and len(text) == 5 + 100
     window = tok.encode("hello" + first)[-CFG.n_positions // 2:]
     assert text[5 + 59:] == tok.decode(generate_ids(CFG, params, [window], 32, GREEDY)[0]) + text[5 + 59 + 32:]
+
+
+def test_generation_runs_on_sharded_params(params):
+    """Training samples from its FSDP + tensor-parallel params as they are (nothing gathered onto one device)."""
+    from gpt2jax.sharding import make_mesh, param_shardings
+
+    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    sharded = jax.device_put(params, param_shardings(CFG, mesh))
+    assert generate_ids(CFG, sharded, PROMPTS, 6, GREEDY) == generate_ids(CFG, params, PROMPTS, 6, GREEDY)
