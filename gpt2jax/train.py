@@ -4,15 +4,19 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
   1. data: open the prepared train/val splits; the model's vocabulary comes from their tokenizer;
   2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
   3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
-  4. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings;
-  5. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan);
-  6. the loop: log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C stops after the current step
-     with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
+  4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
+     small models one that runs several steps per call (gpt2jax.multistep), compiled from abstract shapes; a
+     step that cannot fit the device's memory stops here (gpt2jax.memory), before any state exists;
+  5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
+  6. the loop (metrics read one call late, so the device never waits for the host): log, evaluate on fixed val
+     batches, sample, checkpoint; Ctrl-C stops after the current call with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
 
 `train(config) -> summary dict` is the importable entry point (tests call it directly).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -29,7 +33,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
+from gpt2jax import multistep
+from gpt2jax.compute import compute_summary
+from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
 from gpt2jax.model import GPT, flops_per_token, init_params, mean_loss, param_count, token_nll
@@ -86,6 +94,61 @@ def make_nll_fn(cfg):
     """(params, inputs (B, T), targets (B, T)) -> per-token NLL (B, T), for evaluation."""
     model = GPT(cfg)
     return lambda params, inputs, targets: token_nll(model.apply({"params": params}, inputs), targets)
+
+
+def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
+                  context=contextlib.nullcontext) -> dict:
+    """The compiled single step ("step") and, for k_steps > 1, the k-steps-per-call scan ("multi", taking
+    (k, A, B, T+1) batches sharded as "multi_batch_sh"). With k_steps > 1 the single step only serves a tail of
+    steps shorter than a call, so it compiles when first called. context() is entered while tracing: e.g.
+    `lambda: activation_context(mesh, rules)`."""
+    step = make_train_step(cfg, tx, schedule, state_sh["params"])
+    rep = replicated(batch_sh.mesh)
+    tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
+    single = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    if k_steps == 1:
+        with context():
+            return dict(step=single.lower(abstract_state, tokens()).compile())
+    multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
+                    out_shardings=(state_sh, rep), donate_argnums=0)
+    with context():
+        compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
+    return dict(multi=compiled, multi_batch_sh=multi_sh,
+                step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+
+
+class TrainLog:
+    """Train records from per-call metrics (each a (k,) array per field), read on the host one call late so that
+    the next call is already queued when the host waits; the records and their steps are those of a step-by-step
+    loop. tokens/s and MFU are measured between host reads."""
+
+    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last):
+        self.logger, self.bar, self.log_every, self.end = logger, bar, log_every, end
+        self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
+        self.pending, self.mark, self.mark_step = [], time.time(), start
+
+    def add(self, first_step: int, k: int, metrics: dict) -> None:
+        self.pending.append((first_step, k, metrics))
+
+    def flush(self, keep_last: bool = False, check: bool = True) -> None:
+        while len(self.pending) > int(keep_last):
+            first, k, m = self.pending.pop(0)
+            m = {name: np.atleast_1d(np.asarray(host(v), np.float64)) for name, v in m.items()}  # waits
+            now = time.time()
+            tok_s = self.tokens_per_step * (first + k - self.mark_step) / max(now - self.mark, 1e-9)
+            self.mark, self.mark_step = now, first + k
+            for i in range(k):
+                step = first + i + 1
+                if step % self.log_every and step != self.end:
+                    continue
+                rec = {name: float(v[i]) for name, v in m.items()}
+                self.last["loss"] = rec["loss"]
+                self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
+                                       mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                if check and not math.isfinite(rec["loss"]):
+                    raise FloatingPointError(f"loss became {rec['loss']} at step {step}; lower optim.lr or check data")
 
 
 def host(x) -> np.ndarray:
@@ -192,14 +255,19 @@ def train(config, devices=None) -> dict:
                                  async_save=t.async_checkpoint)
     start = prepare_run_dir(config, run_dir, cfg, tokenizer, ckpts)
     lead = jax.process_index() == 0
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if config.init_from and not start:
+        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
     if lead:
         write_run_files(config, run_dir, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(run_dir, init[1])
         if start:
             metrics_lib.rewind_metrics(run_dir, start)
     logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
     say = tqdm.write if lead else (lambda *_: None)
 
-    # 4. state, created or restored in its shardings
+    # shardings of the state and the batch
     p_sh = param_shardings(cfg, mesh, rules)
     abstract_p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     o_sh = opt_state_shardings(tx, abstract_p, p_sh, mesh)
@@ -210,39 +278,48 @@ def train(config, devices=None) -> dict:
 
     init_state = functools.partial(initial_state, cfg, tx)
     abstract_state = jax.eval_shape(init_state, config.seed)
+
+    # 4. compile the train and eval steps under the mesh and logical-axis rules, from abstract shapes: the
+    #    memory check below stops an impossible fit before any state is allocated
+    n_params = param_count(cfg)
+    fpt = flops_per_token(cfg, T)
+    tokens_per_step = t.grad_accum * t.batch_size * T
+    k_steps = multistep.steps_per_call(t, fpt * tokens_per_step)
+    t_compile = time.time()
+    with activation_context(mesh, rules):
+        fns = compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps,
+                            (t.grad_accum, t.batch_size, T + 1), lambda: activation_context(mesh, rules))
+        step_fn, multi_fn = fns["step"], fns.get("multi")  # multi_fn: None when one step per call
+        nll = make_nll_fn(cfg)
+        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
+                          in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
+    compile_s = time.time() - t_compile
+    say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
+
+    # 5. state, created or restored in its shardings
     if start:
         with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
         train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
         restored = ckpts.restore(start, with_sh(abstract_state["params"], p_sh), train_target)
         state = dict(params=restored["params"], **restored["train"])
-        say(f"resumed {run_dir} at step {start}")
+        say(f"resumed {run_dir} at step {start}" + (f" (init_from={config.init_from!r} ignored)" if config.init_from
+                                                     else ""))
     else:
         state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+        if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
+            state["params"] = jax.device_put(init[0], p_sh)
+            say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
 
-    # 5. compile the train and eval steps under the mesh and logical-axis rules
-    t_compile = time.time()
-    with activation_context(mesh, rules):
-        step_fn = jax.jit(make_train_step(cfg, tx, schedule, p_sh), in_shardings=(state_sh, batch_sh),
-                          out_shardings=(state_sh, rep), donate_argnums=0)
-        step_fn = step_fn.lower(abstract_state, jax.ShapeDtypeStruct((t.grad_accum, t.batch_size, T + 1),
-                                                                     jnp.int32)).compile()
-        nll = make_nll_fn(cfg)
-        eval_fn = jax.jit(lambda p, b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(),
-                          in_shardings=(p_sh, batch_sh), out_shardings=rep)
-    compile_s = time.time() - t_compile
-    val_batches = [global_batch(val_loader, i, batch_sh) for i in range(t.eval_batches)]
+    val_batches = global_batch(val_loader, 0, NamedSharding(mesh, P(None, *batch_sh.spec)), t.eval_batches)
 
-    def evaluate(params) -> float:
+    def evaluate(params) -> float:  # all fixed val batches in one call: (eval_batches,) batch means
         with activation_context(mesh, rules):
-            return float(np.mean([host(eval_fn(params, b)) for b in val_batches]))
+            return float(np.mean(host(eval_fn(params, val_batches))))
 
-    n_params = param_count(cfg)
-    fpt = flops_per_token(cfg, T)
     peak = metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops)
-    tokens_per_step = t.grad_accum * t.batch_size * T
     say(f"model {n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {tokens_per_step:,} tokens/step | "
-        f"compile {compile_s:.1f}s | run dir {run_dir}")
+        f"{k_steps} step(s)/call | compile {compile_s:.1f}s | run dir {run_dir}")
 
     # 6. the loop; `step` counts completed updates (= the next batch's index)
     end = t.stop_at or t.max_steps
@@ -251,27 +328,24 @@ def train(config, devices=None) -> dict:
     bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not (
         lead and t.progress))
     last = dict(loss=None, val_loss=None)
-    step, mark, mark_step = start, time.time(), start
+    step = start
+    loop_t0 = time.time()
+    log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last)
     try:
         if t.eval_at_start and start == 0:
             last["val_loss"] = evaluate(state["params"])
             logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"], val_ppl=math.exp(last["val_loss"])))
         while step < end and not stop["requested"]:
-            batch = global_batch(train_loader, step, batch_sh)
-            state, m = step_fn(state, batch)
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == end:
-                m = {k: float(host(v)) for k, v in m.items()}
-                now = time.time()
-                tok_s = tokens_per_step * (step - mark_step) / max(now - mark, 1e-9)
-                mark, mark_step = now, step
-                last["loss"] = m["loss"]
-                u = metrics_lib.mfu(fpt, tok_s, peak)
-                logger.write(dict(kind="train", step=step, **m, tokens_per_s=tok_s, mfu=u, elapsed_s=now - t0))
-                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                if not math.isfinite(m["loss"]):
-                    raise FloatingPointError(f"loss became {m['loss']} at step {step}; lower optim.lr or check data")
+            k = multistep.call_length(step, end, k_steps)  # k steps in this call (a multiple-of-k start)
+            if k > 1:
+                state, m = multi_fn(state, global_batch(train_loader, step, fns["multi_batch_sh"], k))
+            else:
+                state, m = step_fn(state, global_batch(train_loader, step, batch_sh))
+            log.add(step, k, m)  # read on the host one call later: the device never waits for the host
+            step += k
+            bar.update(k)
+            boundary = step % t.eval_every == 0 or step == t.max_steps or step % ckpt_every == 0 or step == end
+            log.flush(keep_last=not (boundary or stop["requested"]))
             val_loss = None
             if step % t.eval_every == 0 or step == t.max_steps:
                 val_loss = last["val_loss"] = evaluate(state["params"])
@@ -285,6 +359,8 @@ def train(config, devices=None) -> dict:
                 meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
     finally:
+        log.flush(keep_last=False, check=False)
+        loop_s = time.time() - loop_t0
         bar.close()
         ckpts.wait()
         if previous_handler is not None:
@@ -305,7 +381,8 @@ def train(config, devices=None) -> dict:
     ckpts.close()
     summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
                    stopped_early=step < t.max_steps, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
-                   final=final, compile_s=compile_s, wall_s=time.time() - t0)
+                   final=final, compile_s=compile_s)
+    summary.update(compute_summary(cfg, T, tokens_per_step, step, step - start, loop_s, time.time() - t0, peak))
     if lead:
         if t.plot:
             metrics_lib.plot_losses(run_dir)
