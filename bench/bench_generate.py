@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gpt2jax.config import GPTConfig  # noqa: E402
-from gpt2jax.generate import generate_ids  # noqa: E402
+from gpt2jax.generate import GREEDY, generate  # noqa: E402
 from gpt2jax.hf import export_hf  # noqa: E402
 from gpt2jax.model import init_params, param_count  # noqa: E402
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         tokens = {}
 
         def run_jax():
-            res = generate_ids(cfg, params, prompts, args.new_tokens, temperature=0.0)
+            res = generate(cfg, params, prompts, args.new_tokens, GREEDY)
             tokens["gpt2jax"] = res.tokens
             return res
 

@@ -1,7 +1,10 @@
 """Text generation with a key/value cache: prefill the prompt once, then one token per step in a compiled loop.
 
-    ids = generate(cfg, params, [[464, 2068, 7586, 21831]], max_new_tokens=50, temperature=0.0)   # greedy
-    texts = generate_text(cfg, params, tokenizer, ["The quick brown fox"], 50, top_k=40, seed=1)
+    ids = generate_ids(cfg, params, [[464, 2068, 7586, 21831]], 50, GREEDY)
+    texts = generate_text(cfg, params, tokenizer, ["The quick brown fox"], 50, Sampling(top_k=40, seed=1))
+
+The model owns the forward pass (`GPT.decode`, the cached one); this module owns the loop around it, sampling,
+stopping and shape bucketing. Sampling settings are one validated `Sampling` value.
 
 How it runs (everything after the host-side checks is one XLA program per bucket):
 - Prompts of different lengths are LEFT-padded to a common prompt length P, so every row's last prompt token
@@ -13,13 +16,15 @@ How it runs (everything after the host-side checks is one XLA program per bucket
 - Decode: a `lax.while_loop` feeds the last token at slot P + k - 1, samples token k, and stops when
   `max_new_tokens` are done or every row has emitted `eot_id`. The cache lives in the loop carry, so XLA
   updates it in place instead of copying it per step.
-- Shapes are static: P and the cache length S are rounded up to buckets (`bucket_length`), so a new prompt
+- Shapes are static: P and the cache length S are rounded up to buckets (`gpt2jax.buckets`), so a new prompt
   length or a new `max_new_tokens` reuses a compiled program unless it crosses a bucket. Compiled programs are
   kept in a process-wide cache keyed by (config, batch, P, S, sampling mode, parameter shapes).
 
 Sampling follows Hugging Face's order: logits / temperature, then top-k, then top-p (nucleus: keep the smallest
 set of most likely tokens whose probability mass reaches top_p). temperature=0 means greedy (argmax).
 Randomness comes from `seed` only, so the same seed and inputs give the same samples.
+
+`continue_text` samples past the context window with a sliding window (training's periodic samples use it).
 """
 from __future__ import annotations
 
@@ -28,14 +33,14 @@ import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
+from gpt2jax.buckets import bucket_length
 from gpt2jax.config import GPTConfig
-from gpt2jax.model import Block, init_cache, layer_norm, mask_padded_vocab
+from gpt2jax.model import GPT, init_layer_caches, split_layers
 
 # A callback sees each step's tokens (B,) as numpy and may return True (stop all rows) or a (B,) bool array
 # (stop those rows). It runs on the host, between two compiled steps.
@@ -48,25 +53,66 @@ class GenerationError(ValueError):
 
 # ---- host-side input checks and padding --------------------------------------------------------------------
 
-def bucket_length(n: int, minimum: int = 16) -> int:
-    """Round a length up to a compile bucket: powers of two up to 256, then multiples of 256.
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
-    Powers of two keep the number of compiled programs small for short prompts; above 256 a power of two would
-    waste up to half of the cache, so the step becomes 256 (at most 4 buckets per 1024 positions).
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens and when to stop; validated once, at construction.
+
+    temperature: 0 = greedy (argmax); otherwise logits are divided by it before top-k / top-p.
+    top_k: keep only the k most likely tokens (None: no top-k filter).
+    top_p: keep the smallest most-likely set with mass >= top_p (None: no nucleus filter).
+    seed: the only source of randomness (same seed, same inputs -> same tokens).
+    stop: text that ends a row (cut off, not returned); needs a tokenizer, so only the text functions take it.
+    eot_id: a row ends at this token id (not returned). None: the id functions never stop early; the text
+    functions stop at the tokenizer's end-of-text token (unless stop_at_eot=False).
     """
-    n = max(int(n), minimum)
-    if n <= 256:
-        return 1 << (n - 1).bit_length()
-    return -(-n // 256) * 256
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    eot_id: int | None = None
+
+    def __post_init__(self):
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if not (isinstance(t, (int, float)) and np.isfinite(t) and t >= 0):
+            raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if k is not None and not (_is_int(k) and k >= 1):
+            raise GenerationError(f"top_k must be a positive integer or None (no top-k filter), got {k!r}")
+        if p is not None and not (isinstance(p, (int, float)) and 0.0 < p <= 1.0):
+            raise GenerationError(f"top_p must be in (0, 1] or None (no nucleus filter), got {p!r}")
+        if not _is_int(self.seed):
+            raise GenerationError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.stop, str) or not all(isinstance(x, str) for x in self.stop):
+            raise GenerationError(f"stop must be a sequence of strings, e.g. ['\\n\\n'], got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.eot_id is not None and not (_is_int(self.eot_id) and self.eot_id >= 0):
+            raise GenerationError(f"eot_id must be a token id >= 0 or None, got {self.eot_id!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes) -> "Sampling":
+        return dataclasses.replace(self, **changes)
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
-        raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise GenerationError(f"top_k must be a positive integer or None (no top-k filter), got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise GenerationError(f"top_p must be in (0, 1] or None (no nucleus filter), got {top_p!r}")
+GREEDY = Sampling(temperature=0.0)
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a text prompt; an empty prompt starts from the end-of-text token (an unconditional sample)."""
+    ids = tokenizer.encode(text)
+    if ids:
+        return ids
+    if tokenizer.eot_id is None:
+        raise GenerationError(f"the prompt is empty and the {tokenizer.name!r} tokenizer has no <|endoftext|> "
+                              "token to start an unconditional sample from; give a non-empty prompt")
+    return [tokenizer.eot_id]
 
 
 def prepare_prompts(cfg: GPTConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -76,7 +122,7 @@ def prepare_prompts(cfg: GPTConfig, prompts: Sequence[Sequence[int]], max_new_to
     Every row needs len(prompt) + max_new_tokens <= n_positions (position ids beyond the context window do
     not exist in GPT-2's learned position table).
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if max_new_tokens >= cfg.n_positions:
         raise GenerationError(
@@ -169,8 +215,7 @@ def filter_logits(logits, temperature, top_k: int | None, top_p):
 def categorical(key, logits):
     """One index per row of (B, K) logits, drawn with probability softmax(logits), by inverting the CDF.
 
-    Needs one uniform number per row (jax.random.categorical draws K Gumbel variables: ~5x slower for
-    K = 50257 on CPU). A token of probability 0 (-inf logit) is never chosen: the chosen index is the first
+    Needs one uniform number per row (jax.random.categorical draws K Gumbel variables, K = 50257 per row). A token of probability 0 (-inf logit) is never chosen: the chosen index is the first
     where the cumulative sum exceeds u * total, and the cumulative sum only grows at positive probabilities.
     """
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # (B, K)
@@ -187,49 +232,6 @@ def sample_logits(logits, key, *, greedy: bool, temperature=1.0, top_k: int | No
     values, ids = filter_logits(logits, temperature, top_k, top_p)
     choice = categorical(key, values)  # (B,) index into the candidates
     return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
-
-
-# ---- the decoding forward pass ------------------------------------------------------------------------------
-
-def split_layers(cfg: GPTConfig, params) -> list:
-    """The stacked layer parameters params["h"] (leading axis n_layer) as one tree per layer."""
-    return [jax.tree.map(lambda a, i=i: a[i], params["h"]) for i in range(cfg.n_layer)]
-
-
-def init_layer_caches(cfg: GPTConfig, batch: int, length: int) -> list[dict]:
-    """One empty {"k", "v"} cache per layer, each (B, S, N, H) in the compute dtype (layer slices of init_cache)."""
-    cache = init_cache(cfg, batch, length)
-    return [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(cfg.n_layer)]
-
-
-def decode_forward(cfg: GPTConfig, params, layers: list, caches: list, tokens, positions, cache_index, kv_valid):
-    """GPT.apply(..., cache=...) with the layers unrolled: the model's own Block/LayerNorm/Embed modules and math,
-    arranged for fast decoding.
-
-    tokens/positions (B, T); layers from split_layers; caches from init_layer_caches. Returns logits (B, T, V)
-    float32 and the updated caches. Why not GPT.apply: the model runs its layers as one lax.scan over stacked
-    weights and a stacked cache. Inside a decode loop XLA (CPU) then copies every layer's weight slice and the
-    whole (L, B, S, N, H) cache at every step (seen in the optimised HLO), which costs more memory traffic than
-    the matmuls themselves. Here the weights are sliced once per call, outside the loop, and each layer's cache
-    is its own loop-carried buffer that XLA updates in place (124M, cache of 256 slots, 2-core CPU: 54 -> 37 ms
-    per step at batch 1, 149 -> 95 ms at batch 8). tests/test_generate.py checks that the logits
-    equal GPT.apply's full forward pass.
-    """
-    dtype = jnp.dtype(cfg.dtype)
-    wte = nn.Embed(cfg.embedding_rows, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32)
-    wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32)
-    x = wte.apply({"params": params["wte"]}, tokens) + wpe.apply({"params": params["wpe"]}, positions)  # (B, T, C)
-    new_caches = []
-    for layer_params, cache in zip(layers, caches):
-        x, cache = Block(cfg).apply({"params": layer_params}, x, cache, cache_index, kv_valid)
-        new_caches.append(cache)
-    x = layer_norm(cfg, "ln_f").apply({"params": params["ln_f"]}, x)
-    # The tied LM head (GPT's wte.attend) written as (V, C) x (B, T, C): XLA (CPU) then runs it as a plain
-    # matrix-vector product over contiguous embedding rows instead of fusing ln_f into a slower loop (8% faster
-    # decoding at batch 1, measured with bench/bench_generate.py).
-    embedding = params["wte"]["embedding"].astype(dtype)
-    logits = jnp.einsum("vc,btc->btv", embedding, x).astype(jnp.float32)  # (B, T, V)
-    return mask_padded_vocab(cfg, logits), new_caches
 
 
 # ---- the compiled program ----------------------------------------------------------------------------------
@@ -282,9 +284,9 @@ def _build(plan: _Plan, callback_box: list):
             logits, k, greedy=plan.greedy, temperature=temperature, top_k=plan.top_k,
             top_p=top_p if plan.use_top_p else None,
         )
-        layers = split_layers(cfg, params)
-        forward = lambda caches, tok, pos, index: decode_forward(cfg, params, layers, caches, tok, pos, index,
-                                                                 kv_valid)
+        layers = split_layers(params)  # sliced once, outside the loop (see GPT.decode)
+        forward = lambda caches, tok, pos, index: GPT(cfg).apply(
+            {"params": params}, tok, pos, layers, caches, index, kv_valid, method=GPT.decode)
 
         logits, caches = forward(init_layer_caches(cfg, B, S), tokens, positions[:, :P], 0)  # prefill (B, P, V)
         def advance(step, token, out, done, lengths):
@@ -345,15 +347,12 @@ def _compiled(plan: _Plan, args: tuple) -> tuple[_Compiled, bool]:
     return _COMPILED[key], hit
 
 
-def clear_compiled() -> None:
-    """Forget every compiled generation program (tests, or to free memory after many buckets)."""
-    _COMPILED.clear()
-
-
 # ---- public API --------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class GenerationResult:
+class Generation:
+    """What `generate` returns: the new tokens and how the call ran."""
+
     tokens: list[list[int]]  # new tokens per prompt, cut before the first eot_id
     stopped: list[bool]  # per row: ended by eot_id or by the callback (False: it used all max_new_tokens)
     steps: int  # decode steps run (<= max_new_tokens; fewer when every row stopped early)
@@ -363,24 +362,33 @@ class GenerationResult:
     cache_len: int  # bucketed cache length S
 
 
-def generate_ids(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 eot_id: int | None = None, callback: StepCallback | None = None,
-                 truncate_prompt: bool = False) -> GenerationResult:
-    """`generate` with timing and bucket details; see `generate`."""
-    check_sampling(temperature, top_k, top_p)
+def generate(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             sampling: Sampling = Sampling(), *, callback: StepCallback | None = None,
+             truncate_prompt: bool = False) -> Generation:
+    """Continue each prompt (a list of token ids) by up to max_new_tokens tokens -> Generation (tokens, timings).
+
+    sampling: temperature, top-k/top-p, seed and eot_id (see `Sampling`; stop strings need `generate_text`).
+    callback(tokens (B,), step) is called on the host after every step (streaming); returning True or a (B,)
+    bool array stops all / those rows. Rows that stopped early are shorter.
+    truncate_prompt: drop the oldest prompt tokens when prompt + max_new_tokens exceed the context window
+    (otherwise that is an error).
+    """
+    if sampling.stop:
+        raise GenerationError("stop strings need a tokenizer: use generate_text / generate_text_ids")
     prompts = prepare_prompts(cfg, prompts, max_new_tokens, truncate_prompt)
-    if eot_id is not None and not 0 <= eot_id < cfg.vocab_size:
+    eot_id = sampling.eot_id
+    if eot_id is not None and eot_id >= cfg.vocab_size:
         raise GenerationError(f"eot_id={eot_id} is outside the vocabulary [0, {cfg.vocab_size})")
-    greedy = temperature == 0
+    greedy = sampling.greedy
     P = bucket_length(max(len(p) for p in prompts))
     S = bucket_length(P + max_new_tokens)
-    plan = _Plan(cfg, len(prompts), P, S, greedy, None if greedy else top_k,
-                 use_top_p=not greedy and top_p is not None and top_p < 1.0, streaming=callback is not None)
+    plan = _Plan(cfg, len(prompts), P, S, greedy, None if greedy else sampling.top_k,
+                 use_top_p=not greedy and sampling.top_p is not None and sampling.top_p < 1.0,
+                 streaming=callback is not None)
 
     tokens, pads = left_pad(prompts, P)
-    args = (params, tokens, pads, np.int32(max_new_tokens), np.float32(temperature if not greedy else 1.0),
-            np.float32(top_p if top_p is not None else 1.0), jax.random.key(seed),
+    args = (params, tokens, pads, np.int32(max_new_tokens), np.float32(1.0 if greedy else sampling.temperature),
+            np.float32(1.0 if sampling.top_p is None else sampling.top_p), jax.random.key(sampling.seed),
             np.int32(-1 if eot_id is None else eot_id))
     compiled, hit = _compiled(plan, args)
     compiled.callback_box[0] = callback
@@ -391,26 +399,13 @@ def generate_ids(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_n
         compiled.callback_box[0] = None
     run_s = time.perf_counter() - t0
     rows = [row[:n].tolist() for row, n in zip(out, lengths)]
-    return GenerationResult(rows, done.tolist(), int(steps), 0.0 if hit else compiled.compile_s, run_s, P, S)
+    return Generation(rows, done.tolist(), int(steps), 0.0 if hit else compiled.compile_s, run_s, P, S)
 
 
-def generate(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-             eot_id: int | None = None, callback: StepCallback | None = None,
-             truncate_prompt: bool = False) -> list[list[int]]:
-    """Continue each prompt (a list of token ids) by up to max_new_tokens tokens; returns the new tokens.
-
-    temperature: 0 = greedy (argmax); otherwise logits are divided by it before top-k / top-p.
-    top_k: keep only the k most likely tokens. top_p: keep the smallest most-likely set with mass >= top_p.
-    seed: the only source of randomness (same seed, same inputs -> same tokens).
-    eot_id: a row stops at this token (which is not returned); None = always generate max_new_tokens.
-    callback(tokens (B,), step) is called on the host after every step (streaming); returning True or a (B,)
-    bool array stops all / those rows. Rows that stopped early are shorter.
-    truncate_prompt: drop the oldest prompt tokens when prompt + max_new_tokens exceed the context window
-    (otherwise that is an error).
-    """
-    return generate_ids(cfg, params, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, eot_id=eot_id, callback=callback, truncate_prompt=truncate_prompt).tokens
+def generate_ids(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sampling: Sampling = Sampling(), **options) -> list[list[int]]:
+    """`generate` returning only the new token ids per prompt. options: callback, truncate_prompt."""
+    return generate(cfg, params, prompts, max_new_tokens, sampling, **options).tokens
 
 
 # ---- text level --------------------------------------------------------------------------------------------
@@ -464,16 +459,15 @@ class TextStream:
 
 
 def generate_text_ids(cfg: GPTConfig, params, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                      *, stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
-                      stop_at_eot: bool = True, **sampling) -> tuple[list[str], GenerationResult]:
-    """Token-id prompts in, text out: -> (generated text per prompt, the GenerationResult with ids and timings).
+                      sampling: Sampling = Sampling(), *, on_text: Callable[[int, str], None] | None = None,
+                      stop_at_eot: bool = True, truncate_prompt: bool = False) -> tuple[list[str], Generation]:
+    """Token-id prompts in, text out: -> (generated text per prompt, the Generation with ids and timings).
 
-    A row ends at the tokenizer's end-of-text token (when it has one and stop_at_eot) or at the first `stop`
-    string (cut off). on_text(row, piece) receives text as it is produced (streaming). `sampling`: the
-    keyword arguments of generate_ids (temperature, top_k, top_p, seed, truncate_prompt).
+    A row ends at sampling.eot_id, else at the tokenizer's end-of-text token (when it has one and stop_at_eot),
+    or at the first of sampling.stop (cut off). on_text(row, piece) receives text as it is produced (streaming).
     """
-    eot = tokenizer.eot_id if stop_at_eot else None
-    streams = [TextStream(tokenizer, stop) for _ in prompts]
+    eot = sampling.eot_id if sampling.eot_id is not None else (tokenizer.eot_id if stop_at_eot else None)
+    streams = [TextStream(tokenizer, sampling.stop) for _ in prompts]
 
     def callback(tokens, step):
         for row, (s, t) in enumerate(zip(streams, tokens)):
@@ -484,9 +478,9 @@ def generate_text_ids(cfg: GPTConfig, params, tokenizer, prompts: Sequence[Seque
                 on_text(row, piece)
         return np.array([s.stopped for s in streams])
 
-    streaming = on_text is not None or bool(stop)  # stop strings end rows early only when checked every step
-    result = generate_ids(cfg, params, prompts, max_new_tokens, eot_id=eot,
-                          callback=callback if streaming else None, **sampling)
+    streaming = on_text is not None or bool(sampling.stop)  # stop strings end rows early only when checked per step
+    result = generate(cfg, params, prompts, max_new_tokens, sampling.replace(stop=(), eot_id=eot),
+                      callback=callback if streaming else None, truncate_prompt=truncate_prompt)
     for row, (s, new) in enumerate(zip(streams, result.tokens)):
         if not streaming:
             for t in new:
@@ -497,20 +491,39 @@ def generate_text_ids(cfg: GPTConfig, params, tokenizer, prompts: Sequence[Seque
     return [s.text for s in streams], result
 
 
-def generate_text(cfg: GPTConfig, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int, *,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                  stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
-                  truncate_prompt: bool = False, stop_at_eot: bool = True) -> str | list[str]:
+def generate_text(cfg: GPTConfig, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int,
+                  sampling: Sampling = Sampling(), **options) -> str | list[str]:
     """Continue text prompt(s); returns the generated text (prompt not included), a str for a str prompt.
 
-    An empty prompt starts from the end-of-text token (an unconditional sample). See generate_text_ids for
-    stop, on_text and stop_at_eot, and generate for the sampling arguments.
+    An empty prompt starts from the end-of-text token (`prompt_ids`). options: on_text, stop_at_eot,
+    truncate_prompt (see generate_text_ids).
     """
     single = isinstance(prompts, str)
-    ids = [tokenizer.encode(t) for t in ([prompts] if single else prompts)]
-    if tokenizer.eot_id is not None:
-        ids = [p or [tokenizer.eot_id] for p in ids]
-    texts, _ = generate_text_ids(cfg, params, tokenizer, ids, max_new_tokens, stop=stop, on_text=on_text,
-                                 stop_at_eot=stop_at_eot, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 seed=seed, truncate_prompt=truncate_prompt)
+    ids = [prompt_ids(tokenizer, t) for t in ([prompts] if single else prompts)]
+    texts, _ = generate_text_ids(cfg, params, tokenizer, ids, max_new_tokens, sampling, **options)
     return texts[0] if single else texts
+
+
+def continue_text(cfg: GPTConfig, params, tokenizer, prompt: str, n_tokens: int, sampling: Sampling) -> str:
+    """The prompt and n_tokens sampled after it, past the context window if need be (stops early at the
+    tokenizer's end-of-text token).
+
+    Longer than the context window, it continues in chunks: each chunk is prompted with the last half-window of
+    tokens so far (a sliding window, as nanoGPT's generate crops its input to block_size); chunk i uses seed
+    sampling.seed * 1000 + i. params may be sharded over several devices of one process: the compiled loop runs
+    on their shardings (nothing is gathered onto one device).
+    """
+    prompt_tokens = tokenizer.encode(prompt)
+    ids = prompt_ids(tokenizer, prompt)
+    keep = max(1, cfg.n_positions // 2)
+    produced, chunk = 0, 0
+    while produced < n_tokens:
+        window = ids[-keep:]
+        n = min(n_tokens - produced, cfg.n_positions - len(window))
+        chunk_sampling = sampling.replace(seed=sampling.seed * 1000 + chunk, eot_id=tokenizer.eot_id)
+        new = generate_ids(cfg, params, [window], n, chunk_sampling)[0]
+        ids += new
+        produced, chunk = produced + len(new), chunk + 1
+        if len(new) < n:  # stopped at <|endoftext|>
+            break
+    return tokenizer.decode(ids[len(ids) - produced - len(prompt_tokens):])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
+from gpt2jax.errors import CheckpointError
 
 # Our leaf path inside one block  <->  HF tensor name inside `h.{i}.`
 BLOCK_TENSORS = {
@@ -39,10 +40,6 @@ TOP_TENSORS = {
 }
 # Buffers some checkpoints carry that are not parameters (the causal mask of older transformers versions).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-
-
-class CheckpointError(ValueError):
-    """A weights directory that cannot be loaded. The message names the file and the fix."""
 
 
 def offline_help(name: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.hf import CheckpointError, is_hub_id, load_hf
+from gpt2jax.errors import CheckpointError
+from gpt2jax.hf import is_hub_id, load_hf
 from gpt2jax.tokenizer import gpt2_tokenizer
 
 

@@ -6,7 +6,8 @@ token embedding. Module names are GPT-2's own (wte, wpe, h, ln_1, attn/c_attn, a
 mlp/c_proj, ln_f) so official weights map onto this tree by name (see `gpt2jax.hf`).
 
 The layers are one `nn.scan` over a stacked `h` (leading axis "layers"), so compile time does not grow with depth.
-Every parameter carries logical axis names; `gpt2jax.sharding` maps them to mesh axes. Without a mesh the
+Generation uses `GPT.decode`, the cached forward pass over the same modules (layers unrolled, one key/value cache
+per layer; see its docstring); `gpt2jax.generate` runs the decode loop around it. Every parameter carries logical axis names; `gpt2jax.sharding` maps them to mesh axes. Without a mesh the
 annotations are no-ops and the same code runs on one device.
 
 Shapes in comments: B batch, T query length, S key length, C n_embd, N n_head, H head_dim, V vocabulary rows,
@@ -48,7 +49,7 @@ def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, nam
     )
 
 
-def layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+def layer_norm(cfg: GPTConfig, name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_epsilon,
         dtype=jnp.dtype(cfg.dtype),
@@ -155,13 +156,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-LN transformer block, shaped for nn.scan: (carry x, per-layer input) -> (x, per-layer output)."""
+    """One pre-LN transformer block, shaped for nn.scan: x -> (x, None); with a layer cache (decoding)
+    -> (x, the updated layer cache)."""
 
     cfg: GPTConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, layer_cache, cache_index, kv_valid):
+    def __call__(self, x, layer_cache=None, cache_index=None, kv_valid=None):
         cfg, det = self.cfg, self.deterministic
         y, new_cache = CausalSelfAttention(cfg, det, name="attn")(
             layer_norm(cfg, "ln_1")(x), layer_cache, cache_index, kv_valid
@@ -173,31 +175,28 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The model. `__call__` is the full forward pass (training, scoring); `decode` is the cached forward pass
+    (generation). Both share the embeddings and the head defined in `setup`."""
+
     cfg: GPTConfig
 
-    @nn.compact
-    def __call__(self, tokens, positions=None, *, deterministic: bool = True, cache=None, cache_index=None,
-                 kv_valid=None):
-        """tokens (B, T) int -> logits (B, T, V) float32.
+    def setup(self):
+        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        self.wte = nn.Embed(cfg.embedding_rows, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
+                            embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("vocab", "embed")))
+        self.wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
+                            embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("positions", "embed")))
+        self.ln_f = layer_norm(cfg)
 
-        positions: (B, T) position ids; default arange(T) (left-padded batches pass their own).
-        cache: {"k", "v"} each (L, B, S, N, H) from `init_cache`; then the call writes this chunk at slot
-        `cache_index`, attends to key slots marked True in kv_valid (B, S), and returns (logits, new_cache).
-        """
+    @nn.compact
+    def __call__(self, tokens, positions=None, *, deterministic: bool = True):
+        """tokens (B, T) int -> logits (B, T, V) float32. positions: (B, T) position ids, default arange(T)."""
         cfg = self.cfg
         B, T = tokens.shape
-        if cache is None:
-            cfg.check_tokens(T)  # static shape: fails at trace time, before any compile
+        cfg.check_tokens(T)  # static shape: fails at trace time, before any compile
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-        dtype = jnp.dtype(cfg.dtype)
-        wte = nn.Embed(cfg.embedding_rows, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
-                       embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("vocab", "embed")), name="wte")
-        wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, param_dtype=jnp.float32,
-                       embedding_init=_partitioned(nn.initializers.normal(INIT_STD), ("positions", "embed")),
-                       name="wpe")
-        x = wte(tokens) + wpe(positions)  # (B, T, C)
-        x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+        x = nn.Dropout(cfg.dropout, deterministic=deterministic)(self.embed(tokens, positions))  # (B, T, C)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_seq", "activation_embed"))
 
         block = Block
@@ -207,16 +206,47 @@ class GPT(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),  # layer_cache scanned over layers; the rest shared
             length=cfg.n_layer,
             unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, new_cache = stack(cfg, deterministic, name="h")(x, cache, cache_index, kv_valid)
+        x, _ = stack(cfg, deterministic, name="h")(x)
+        return self.head(x)
 
-        x = layer_norm(cfg, "ln_f")(x)
-        logits = mask_padded_vocab(cfg, wte.attend(x).astype(jnp.float32))  # (B, T, V) tied LM head
-        return logits if cache is None else (logits, new_cache)
+    def embed(self, tokens, positions):
+        """Token + position embeddings: (B, T) ids and (B, T) positions -> (B, T, C)."""
+        return self.wte(tokens) + self.wpe(positions)
+
+    def head(self, x):
+        """Final LayerNorm and the LM head tied to wte: (B, T, C) -> (B, T, V) float32, padded rows -inf."""
+        x = self.ln_f(x)
+        if x.shape[1] == 1:
+            # One position (a decode step): written as (V, C) x (B, 1, C), XLA (CPU) runs a plain matrix-vector
+            # product over contiguous embedding rows instead of fusing ln_f into a slower loop (bench/results).
+            logits = jnp.einsum("vc,btc->btv", self.wte.embedding.astype(x.dtype), x)
+        else:
+            logits = self.wte.attend(x)
+        return mask_padded_vocab(self.cfg, logits.astype(jnp.float32))  # (B, T, V)
+
+    def decode(self, tokens, positions, layers: list, caches: list, cache_index, kv_valid):
+        """The cached forward pass: the same math as `__call__`, for generation.
+
+        tokens/positions (B, T): this chunk (the prompt at prefill, one token per decode step), written at cache
+        slot `cache_index`; kv_valid (B, S) marks the cache slots that hold real tokens (False: left padding).
+        layers: `split_layers(params)`; caches: `init_layer_caches` or a previous call's. Returns (logits
+        (B, T, V) float32, new caches).
+
+        The layers run as a Python loop over per-layer weights and per-layer caches rather than `__call__`'s
+        lax.scan over stacked ones: inside a decode loop, XLA (CPU) copies every layer's weight slice and the whole
+        stacked cache at every step of a scan (seen in the optimised HLO), more memory traffic than the matmuls.
+        Sliced once outside the loop, each layer's cache is its own loop-carried buffer updated in place.
+        """
+        x = self.embed(tokens, positions)  # (B, T, C)
+        new_caches = []
+        for layer_params, cache in zip(layers, caches):
+            x, cache = Block(self.cfg, parent=None).apply({"params": layer_params}, x, cache, cache_index, kv_valid)
+            new_caches.append(cache)
+        return self.head(x), new_caches
 
 
 def mask_padded_vocab(cfg: GPTConfig, logits):
@@ -245,20 +275,23 @@ def logical_axes(cfg: GPTConfig):
     return nn.get_partition_spec(boxed)
 
 
-def count_params(params) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-
-
 def param_count(cfg: GPTConfig) -> int:
     """Parameters of a config, from shapes alone (the tied head is counted once, as in GPT-2)."""
-    return count_params(abstract_params(cfg))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg)))
 
 
-def init_cache(cfg: GPTConfig, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
-    """An empty key/value cache for `length` slots: {"k", "v"} each (L, B, S, N, H)."""
-    shape = (cfg.n_layer, batch, length, cfg.n_head, cfg.head_dim)
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+def split_layers(params) -> list:
+    """The stacked layer parameters params["h"] (leading axis n_layer) as one tree per layer, for `GPT.decode`.
+    Slice once, outside a decode loop."""
+    n_layer = jax.tree.leaves(params["h"])[0].shape[0]
+    return [jax.tree.map(lambda a, i=i: a[i], params["h"]) for i in range(n_layer)]
+
+
+def init_layer_caches(cfg: GPTConfig, batch: int, length: int) -> list[dict[str, jax.Array]]:
+    """Empty key/value caches for `GPT.decode`: one {"k", "v"} per layer, each (B, S, N, H) in the compute dtype."""
+    shape = (batch, length, cfg.n_head, cfg.head_dim)
+    dtype = jnp.dtype(cfg.dtype)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 
 def token_nll(logits, targets):
@@ -268,13 +301,9 @@ def token_nll(logits, targets):
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 
-def mean_loss(logits, targets, weights=None):
-    """Mean next-token cross-entropy; weights (same shape as targets) select which targets count."""
-    nll = token_nll(logits, targets)
-    if weights is None:
-        return nll.mean()
-    weights = weights.astype(jnp.float32)
-    return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+def mean_loss(logits, targets):
+    """Mean next-token cross-entropy. logits (..., V), targets (...) int -> ()."""
+    return token_nll(logits, targets).mean()
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> int:

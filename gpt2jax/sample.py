@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gpt2jax.config import ConfigError
-from gpt2jax.generate import GenerationError, check_sampling, generate_text_ids, prepare_prompts
+from gpt2jax.generate import GenerationError, Sampling, generate_text_ids, prepare_prompts, prompt_ids
 from gpt2jax.hf import CheckpointError
 from gpt2jax.tokenizer import TokenizerError
 
@@ -61,30 +61,27 @@ def read_prompt(args) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def check_args(args) -> None:
-    """Everything that can be wrong with the options, before the model loads."""
-    check_sampling(args.temperature, args.top_k, args.top_p)
+def check_args(args) -> Sampling:
+    """Everything that can be wrong with the options, before the model loads; -> the sampling settings."""
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        stop=tuple(args.stop))
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise GenerationError(f"--num_samples must be >= 1, got {args.num_samples}")
+    return sampling
 
 
 def encode_prompt(text: str, tokenizer, cfg, max_new_tokens: int, truncate: bool) -> tuple[list[int], int]:
     """-> (prompt ids that fit, number of tokens dropped from the left)."""
-    ids = tokenizer.encode(text)
-    if not ids:
-        if tokenizer.eot_id is None:
-            raise GenerationError("this model's tokenizer has no <|endoftext|> token to start an unconditional "
-                                  "sample from; give a --prompt")
-        ids = [tokenizer.eot_id]
+    ids = prompt_ids(tokenizer, text)
     kept = prepare_prompts(cfg, [ids], max_new_tokens, truncate)[0]
     return kept, len(ids) - len(kept)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_args(args)
+    sampling = check_args(args)
     text = read_prompt(args)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
@@ -112,9 +109,8 @@ def main(argv=None) -> int:
             if args.num_samples > 1:
                 print(f"---------- sample {i + 1}/{args.num_samples} (seed {args.seed + i})", flush=True)
             sys.stdout.write(tokenizer.decode(prompt) if prompt != [tokenizer.eot_id] else "")
-        texts, result = generate_text_ids(cfg, params, tokenizer, [prompt], args.max_new_tokens, stop=args.stop,
-                                          on_text=write, temperature=args.temperature, top_k=args.top_k,
-                                          top_p=args.top_p, seed=args.seed + i)
+        texts, result = generate_text_ids(cfg, params, tokenizer, [prompt], args.max_new_tokens,
+                                          sampling.replace(seed=args.seed + i), on_text=write)
         samples.append({"seed": args.seed + i, "text": texts[0], "new_tokens": len(result.tokens[0])})
         print(flush=True)
         compile_note = f", compile {result.compile_s:.1f}s" if result.compile_s else ""

@@ -10,10 +10,12 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import tiktoken
 import tiktoken.load
+
+from gpt2jax.config import GPT2_VOCAB_SIZE
 
 GPT2_RANKS_PATH = Path(__file__).parent / "assets" / "gpt2.tiktoken"
 # sha256 of the GPT-2 ranks file (equal to OpenAI's r50k_base.tiktoken, pinned in tiktoken_ext/openai_public.py).
@@ -21,8 +23,7 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 # GPT-2's pre-tokenisation regex, in tiktoken's faster equivalent form (tiktoken_ext/openai_public.py r50k_pat_str).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 ENDOFTEXT = "<|endoftext|>"
-GPT2_EOT_ID = 50256
-GPT2_N_VOCAB = 50257
+GPT2_EOT_ID = GPT2_VOCAB_SIZE - 1  # <|endoftext|>, the last id
 
 
 class TokenizerError(ValueError):
@@ -60,7 +61,7 @@ class GPT2Tokenizer:
             pat_str=GPT2_PATTERN,
             mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(ranks_path), expected_hash=GPT2_RANKS_SHA256),
             special_tokens={ENDOFTEXT: GPT2_EOT_ID},
-            explicit_n_vocab=GPT2_N_VOCAB,
+            explicit_n_vocab=GPT2_VOCAB_SIZE,
         )
         self.n_vocab = self._enc.n_vocab
         self.eot_id = GPT2_EOT_ID
@@ -70,9 +71,6 @@ class GPT2Tokenizer:
         if allow_special:
             return self._enc.encode(text, allowed_special={ENDOFTEXT})
         return self._enc.encode_ordinary(text)
-
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
-        return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(list(ids))
@@ -109,9 +107,6 @@ class CharTokenizer:
             raise TokenizerError(
                 f"character {e.args[0]!r} is not in this char tokenizer's alphabet of {self.n_vocab} characters"
             ) from None
-
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)

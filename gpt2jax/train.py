@@ -40,7 +40,7 @@ from gpt2jax.compute import compute_summary
 from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
-from gpt2jax.model import GPT, count_params, flops_per_token, init_params, mean_loss, token_nll
+from gpt2jax.model import GPT, flops_per_token, init_params, mean_loss, param_count, token_nll
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, batch_sharding, opt_state_shardings, param_shardings, replicated
 from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
@@ -210,35 +210,17 @@ def install_stop_handler():
 
 
 def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
-    """A sample of t.sample_tokens tokens from t.sample_prompt with the KV-cache generator, or None when
-    sampling is off. Longer than the context window, it continues in chunks: each chunk is prompted with the last
-    half-window of tokens so far (a sliding window, as nanoGPT's generate crops its input to block_size)."""
+    """t.sample_tokens tokens after t.sample_prompt (`gpt2jax.generate.continue_text`), or None when sampling is
+    off. Single-process only: process 0 samples alone, and a program over multi-process params needs them all."""
     if t.sample_tokens <= 0 or jax.process_count() > 1:
         return None
+    from gpt2jax.generate import GenerationError, Sampling, continue_text
+
     try:
-        from gpt2jax.generate import GenerationError, generate
-    except ImportError as e:
-        return f"(no sample: gpt2jax.generate is unavailable: {e})"
-    params = jax.device_put(params, jax.devices()[0])
-    prompt = tokenizer.encode(t.sample_prompt)
-    ids = list(prompt) or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
-    if not ids:
-        return "(no sample: an empty prompt needs a tokenizer with <|endoftext|>; set --config.train.sample_prompt)"
-    keep = max(1, cfg.n_positions // 2)
-    produced, chunk = 0, 0
-    try:
-        while produced < t.sample_tokens:
-            window = ids[-keep:]
-            n = min(t.sample_tokens - produced, cfg.n_positions - len(window))
-            new = generate(cfg, params, [window], n, temperature=t.sample_temperature, top_k=t.sample_top_k or None,
-                           seed=seed * 1000 + chunk, eot_id=tokenizer.eot_id)[0]
-            ids += new
-            produced, chunk = produced + len(new), chunk + 1
-            if len(new) < n:  # stopped at <|endoftext|>
-                break
+        sampling = Sampling(temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=seed)
+        return continue_text(cfg, params, tokenizer, t.sample_prompt, t.sample_tokens, sampling)
     except GenerationError as e:
         return f"(no sample: {e})"
-    return tokenizer.decode(ids[len(ids) - produced - len(prompt):])
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -299,7 +281,7 @@ def train(config, devices=None) -> dict:
 
     # 4. compile the train and eval steps under the mesh and logical-axis rules, from abstract shapes: the
     #    memory check below stops an impossible fit before any state is allocated
-    n_params = count_params(abstract_p)
+    n_params = param_count(cfg)
     fpt = flops_per_token(cfg, T)
     tokens_per_step = t.grad_accum * t.batch_size * T
     k_steps = multistep.steps_per_call(t, fpt * tokens_per_step)
@@ -311,8 +293,6 @@ def train(config, devices=None) -> dict:
         nll = make_nll_fn(cfg)
         eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
                           in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
-        rows_sh = NamedSharding(mesh, b_spec)
-        nll_fn = jax.jit(nll, in_shardings=(p_sh, rows_sh, rows_sh), out_shardings=rep)
     compile_s = time.time() - t_compile
     say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
 
@@ -390,7 +370,7 @@ def train(config, devices=None) -> dict:
     final = None
     if step == t.max_steps and t.final_eval:
         final = final_eval(cfg, state["params"], val_split, T, t.final_eval_stride or max(1, T // 2), eval_bs,
-                           mesh, rules, nll_fn, lead and t.progress)
+                           mesh, rules, lead and t.progress)
         logger.write(dict(kind="final", step=step, **final))
         say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
             f"({final['tokens']:,} val tokens, sliding windows of {T}, stride {final['stride']})")
@@ -410,30 +390,16 @@ def train(config, devices=None) -> dict:
     return summary
 
 
-def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, nll_fn, progress) -> dict:
-    """Per-token NLL of the whole val split with `gpt2jax.eval.windows.sliding_window_nll`."""
+def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, progress) -> dict:
+    """Per-token NLL of the whole val split: the evaluation suite's sliding windows and `Scorer`."""
+    from gpt2jax.eval.scoring import Scorer
     from gpt2jax.eval.windows import sliding_window_nll
 
-    rows_sh = NamedSharding(mesh, batch_sharding(mesh, rules).spec)
-
-    def to_global(x):  # the same (B, T) numpy batch on every process -> one global array
-        lo, hi = _local(rows_sh, x.shape)
-        return jax.make_array_from_process_local_data(rows_sh, x[lo:hi], x.shape)
-
-    def fn(inputs, targets):
-        with activation_context(mesh, rules):
-            return host(nll_fn(params, to_global(inputs), to_global(targets)))
-
-    nll = sliding_window_nll(fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
+    scorer = Scorer(cfg, params, batch_size, mesh=mesh, rules=rules)
+    nll = sliding_window_nll(scorer.nll_fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
                              progress="final val" if progress else False)
     loss = float(nll.mean())
     return dict(val_loss=loss, val_ppl=math.exp(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
-
-
-def _local(sharding, shape):
-    from gpt2jax.data.loader import local_rows
-
-    return local_rows(sharding, shape, axis=0)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------

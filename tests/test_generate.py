@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax.config import GPTConfig
+from gpt2jax.buckets import bucket_length
 from gpt2jax.generate import (
-    GenerationError, TextStream, bucket_length, decode_forward, filter_logits, generate, generate_ids, generate_text,
-    init_layer_caches, left_pad, sample_logits, split_layers,
+    GREEDY, GenerationError, Sampling, TextStream, continue_text, filter_logits, generate, generate_ids, generate_text,
+    left_pad, sample_logits,
 )
-from gpt2jax.model import GPT, init_params
+from gpt2jax.model import GPT, init_layer_caches, init_params, split_layers
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer
 
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
@@ -61,7 +62,8 @@ def test_cached_logits_equal_full_forward_every_step_left_padded_batch():
 
     @jax.jit
     def step(caches, tok, pos, index):
-        return decode_forward(CFG, params, split_layers(CFG, params), caches, tok, pos, index, kv_valid)
+        return GPT(CFG).apply({"params": params}, tok, pos, split_layers(params), caches, index, kv_valid,
+                              method=GPT.decode)
 
     logits, caches = step(init_layer_caches(CFG, len(PROMPTS), S), jnp.asarray(tokens), positions[:, :P], 0)
     last = logits[:, -1]
@@ -91,13 +93,13 @@ def test_generate_loop_equals_greedy_without_cache(params):
     for _ in range(steps):
         for seq, t in zip(seqs, full_forward_last(params, seqs).argmax(-1)):
             seq.append(int(t))
-    assert generate(CFG, params, PROMPTS, steps, temperature=0.0) == [s[len(p):] for s, p in zip(seqs, PROMPTS)]
+    assert generate_ids(CFG, params, PROMPTS, steps, GREEDY) == [s[len(p):] for s, p in zip(seqs, PROMPTS)]
 
 
 def test_batch_rows_do_not_see_each_other(params):
     """A row's tokens are the same alone and inside a left-padded batch (padding changes nothing)."""
-    batched = generate(CFG, params, PROMPTS, 8, temperature=0.0)
-    alone = [generate(CFG, params, [p], 8, temperature=0.0)[0] for p in PROMPTS]
+    batched = generate_ids(CFG, params, PROMPTS, 8, GREEDY)
+    alone = [generate_ids(CFG, params, [p], 8, GREEDY)[0] for p in PROMPTS]
     assert batched == alone
 
 
@@ -122,18 +124,18 @@ def test_greedy_ids_equal_transformers_generate(params, tmp_path):
         return out[:, width:].tolist()
 
     for prompt in PROMPTS:  # one by one
-        assert generate(CFG, params, [prompt], n_new, temperature=0.0) == hf_greedy([prompt])
+        assert generate_ids(CFG, params, [prompt], n_new, GREEDY) == hf_greedy([prompt])
     # and as one batch of different lengths
-    assert generate(CFG, params, PROMPTS, n_new, temperature=0.0) == hf_greedy(PROMPTS)
+    assert generate_ids(CFG, params, PROMPTS, n_new, GREEDY) == hf_greedy(PROMPTS)
 
 
 # ---- acceptance 3: seeds and filters -----------------------------------------------------------------------
 
 def test_same_seed_same_samples_other_seed_other_samples(params):
-    kw = dict(temperature=1.0, top_k=20, top_p=0.9)
-    a = generate(CFG, params, PROMPTS, 16, seed=3, **kw)
-    assert a == generate(CFG, params, PROMPTS, 16, seed=3, **kw)
-    assert a != generate(CFG, params, PROMPTS, 16, seed=4, **kw)
+    kw = Sampling(temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    a = generate_ids(CFG, params, PROMPTS, 16, kw)
+    assert a == generate_ids(CFG, params, PROMPTS, 16, kw)
+    assert a != generate_ids(CFG, params, PROMPTS, 16, kw.replace(seed=4))
     assert all(0 <= t < CFG.vocab_size for row in a for t in row)
 
 
@@ -193,17 +195,17 @@ def test_sampler_follows_the_softmax_distribution():
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(params):
-    greedy = generate(CFG, params, PROMPTS, 10, temperature=0.0)
-    assert generate(CFG, params, PROMPTS, 10, top_k=1, seed=5) == greedy
-    assert generate(CFG, params, PROMPTS, 10, top_p=1e-6, seed=5) == greedy
+    greedy = generate_ids(CFG, params, PROMPTS, 10, GREEDY)
+    assert generate_ids(CFG, params, PROMPTS, 10, Sampling(top_k=1, seed=5)) == greedy
+    assert generate_ids(CFG, params, PROMPTS, 10, Sampling(top_p=1e-6, seed=5)) == greedy
 
 
 # ---- stopping, streaming, buckets, bad input ---------------------------------------------------------------
 
 def test_stops_at_eot_per_row(params):
-    greedy = generate(CFG, params, PROMPTS, 10, temperature=0.0)
+    greedy = generate_ids(CFG, params, PROMPTS, 10, GREEDY)
     eot = greedy[0][3]  # pretend row 0's 4th token ends the text
-    res = generate_ids(CFG, params, PROMPTS, 10, temperature=0.0, eot_id=eot)
+    res = generate(CFG, params, PROMPTS, 10, GREEDY.replace(eot_id=eot))
     for row, full in zip(res.tokens, greedy):
         expect = full[: full.index(eot)] if eot in full else full
         assert row == expect
@@ -217,23 +219,23 @@ def test_callback_streams_every_step_in_order_and_can_stop(params):
         seen.append((step, tokens.tolist()))
         return step >= 4  # stop everything after the 5th token
 
-    res = generate_ids(CFG, params, PROMPTS, 10, temperature=0.0, callback=callback)
+    res = generate(CFG, params, PROMPTS, 10, GREEDY, callback=callback)
     assert [s for s, _ in seen] == list(range(5)) and res.steps == 5
     assert [list(col) for col in zip(*[t for _, t in seen])] == res.tokens
-    assert res.tokens == [row[:5] for row in generate(CFG, params, PROMPTS, 10, temperature=0.0)]
+    assert res.tokens == [row[:5] for row in generate_ids(CFG, params, PROMPTS, 10, GREEDY)]
 
 
 def test_callback_stops_single_rows(params):
-    full = generate(CFG, params, PROMPTS, 8, temperature=0.0)
-    res = generate_ids(CFG, params, PROMPTS, 8, temperature=0.0,
-                       callback=lambda tokens, step: np.array([step >= 2, False, step >= 5]))
+    full = generate_ids(CFG, params, PROMPTS, 8, GREEDY)
+    res = generate(CFG, params, PROMPTS, 8, GREEDY,
+                   callback=lambda tokens, step: np.array([step >= 2, False, step >= 5]))
     assert res.tokens == [full[0][:3], full[1], full[2][:6]]
     assert res.stopped == [True, False, True] and res.steps == 8
 
 
 def test_one_compile_per_bucket(params):
-    first = generate_ids(CFG, params, [[1, 2, 3]], 5, temperature=0.0)
-    again = generate_ids(CFG, params, [[4, 5, 6, 7, 8]], 7, temperature=0.0)  # same (P, S) bucket
+    first = generate(CFG, params, [[1, 2, 3]], 5, GREEDY)
+    again = generate(CFG, params, [[4, 5, 6, 7, 8]], 7, GREEDY)  # same (P, S) bucket
     assert (first.prompt_len, first.cache_len) == (again.prompt_len, again.cache_len)
     assert again.compile_s == 0.0
 
@@ -241,9 +243,9 @@ def test_one_compile_per_bucket(params):
 def test_prompt_longer_than_context_is_an_error_or_left_truncated(params):
     long = list(range(1, 61))  # 60 tokens + 10 new > n_positions = 64
     with pytest.raises(GenerationError, match="truncate_prompt"):
-        generate(CFG, params, [long], 10)
-    got = generate(CFG, params, [long], 10, temperature=0.0, truncate_prompt=True)
-    assert got == generate(CFG, params, [long[-54:]], 10, temperature=0.0)
+        generate_ids(CFG, params, [long], 10)
+    got = generate_ids(CFG, params, [long], 10, GREEDY, truncate_prompt=True)
+    assert got == generate_ids(CFG, params, [long[-54:]], 10, GREEDY)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -257,7 +259,8 @@ def test_prompt_longer_than_context_is_an_error_or_left_truncated(params):
 def test_bad_input_is_one_clear_error(params, kwargs, match):
     args = dict(prompts=[[1, 2]], max_new_tokens=4) | kwargs
     with pytest.raises(GenerationError, match=match):
-        generate(CFG, params, args.pop("prompts"), args.pop("max_new_tokens"), **args)
+        prompts, max_new_tokens = args.pop("prompts"), args.pop("max_new_tokens")
+        generate(CFG, params, prompts, max_new_tokens, Sampling(**args))
 
 
 # ---- text level --------------------------------------------------------------------------------------------
@@ -275,10 +278,29 @@ def test_text_stream_holds_partial_utf8_and_cuts_at_stop_string():
 
 def test_generate_text_with_char_tokenizer_and_stop_string(params):
     tok = CharTokenizer("".join(chr(c) for c in range(32, 132)))  # 100 characters = CFG.vocab_size
-    full = generate_text(CFG, params, tok, "hello", 12, temperature=0.0, stop_at_eot=False)
+    full = generate_text(CFG, params, tok, "hello", 12, GREEDY, stop_at_eot=False)
     assert len(full) == 12
     stop = full[5:7]
     streamed = []
-    cut = generate_text(CFG, params, tok, ["hello"], 12, temperature=0.0, stop=[stop],
+    cut = generate_text(CFG, params, tok, ["hello"], 12, GREEDY.replace(stop=(stop,)),
                         on_text=lambda row, piece: streamed.append(piece))
     assert cut == [full[: full.index(stop)]] and "".join(streamed) == cut[0]
+
+
+def test_continue_text_slides_past_the_context_window(params):
+    """Training's samples: longer than n_positions = 64, the continuation goes on from the last half-window."""
+    tok = CharTokenizer("".join(chr(c) for c in range(32, 132)))
+    first = generate_text(CFG, params, tok, "hello", 59, GREEDY, stop_at_eot=False)  # 5 + 59 = 64 positions
+    text = continue_text(CFG, params, tok, "hello", 100, GREEDY)
+    assert text.startswith("hello" + first) and len(text) == 5 + 100
+    window = tok.encode("hello" + first)[-CFG.n_positions // 2:]
+    assert text[5 + 59:] == tok.decode(generate_ids(CFG, params, [window], 32, GREEDY)[0]) + text[5 + 59 + 32:]
+
+
+def test_generation_runs_on_sharded_params(params):
+    """Training samples from its FSDP + tensor-parallel params as they are (nothing gathered onto one device)."""
+    from gpt2jax.sharding import make_mesh, param_shardings
+
+    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    sharded = jax.device_put(params, param_shardings(CFG, mesh))
+    assert generate_ids(CFG, sharded, PROMPTS, 6, GREEDY) == generate_ids(CFG, params, PROMPTS, 6, GREEDY)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
-from gpt2jax.model import GPT, init_cache, init_params, logical_axes, mean_loss, param_count
+from gpt2jax.model import GPT, init_layer_caches, init_params, logical_axes, mean_loss, param_count, split_layers
 
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
 
@@ -132,13 +132,13 @@ def test_kv_cache_chunks_match_full_forward():
     params = init_params(TINY, jax.random.key(6))
     tokens = jax.random.randint(jax.random.key(7), (2, 10), 0, TINY.vocab_size)
     full = GPT(TINY).apply({"params": params}, tokens)
-    cache = init_cache(TINY, 2, 16)
+    cache = init_layer_caches(TINY, 2, 16)
     valid = jnp.ones((2, 16), bool)
     pieces, start = [], 0
     for size in (4, 1, 1, 3, 1):
         pos = jnp.broadcast_to(jnp.arange(start, start + size), (2, size))
-        logits, cache = GPT(TINY).apply({"params": params}, tokens[:, start:start + size], pos, cache=cache,
-                                        cache_index=start, kv_valid=valid)
+        logits, cache = GPT(TINY).apply({"params": params}, tokens[:, start:start + size], pos, split_layers(params),
+                                        cache, start, valid, method=GPT.decode)
         pieces.append(logits)
         start += size
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.generate import GenerationError, generate_text
+from gpt2jax.generate import GREEDY, GenerationError, Sampling, generate_text
 from gpt2jax.hf import export_hf
 from gpt2jax.load import load_model
 from gpt2jax.sample import main
@@ -62,7 +62,7 @@ def test_streams_the_same_text_as_the_library(monkeypatch, hf_dir, model, tmp_pa
     out_json = tmp_path / "samples.json"
     out = run_cli(monkeypatch, "--init_from", hf_dir, "--prompt", PROMPT, "--max_new_tokens", "12", "--top_k", "40",
                   "--seed", "5", "--num_samples", "2", "--out", str(out_json))
-    expected = [generate_text(cfg, params, tok, PROMPT, 12, top_k=40, seed=5 + i) for i in range(2)]
+    expected = [generate_text(cfg, params, tok, PROMPT, 12, Sampling(top_k=40, seed=5 + i)) for i in range(2)]
     assert all(e for e in expected)
     for i, text in enumerate(expected):
         assert f"sample {i + 1}/2 (seed {5 + i})\n{PROMPT}{text}\n" in out.text
@@ -73,7 +73,7 @@ def test_streams_the_same_text_as_the_library(monkeypatch, hf_dir, model, tmp_pa
 
 def test_greedy_stop_string_and_quiet(monkeypatch, hf_dir, model):
     cfg, params, tok = model
-    full = generate_text(cfg, params, tok, PROMPT, 12, temperature=0.0)
+    full = generate_text(cfg, params, tok, PROMPT, 12, GREEDY)
     stop = full[len(full) // 2: len(full) // 2 + 3]
     out = run_cli(monkeypatch, "--init_from", hf_dir, "--prompt", PROMPT, "--max_new_tokens", "12",
                   "--temperature", "0", "--stop", stop, "--quiet")
@@ -89,7 +89,7 @@ def test_long_prompt_is_an_error_unless_truncated(monkeypatch, hf_dir, model, ca
                   "--truncate_prompt")
     kept = tok.encode(long)[-(64 - 8):]
     assert "dropped the first 24" in capsys.readouterr().err
-    assert out.text.endswith(generate_text(cfg, params, tok, tok.decode(kept), 8, temperature=0.0) + "\n----------\n")
+    assert out.text.endswith(generate_text(cfg, params, tok, tok.decode(kept), 8, GREEDY) + "\n----------\n")
 
 
 def test_bad_options_fail_before_loading_the_model():

@@ -168,7 +168,7 @@ class GPT2JaxLM(TemplateLM):
         return out  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], kwargs: dict) -> list[str]:
-        from gpt2jax.generate import generate_text_ids
+        from gpt2jax.generate import Sampling, generate_text_ids
 
         until = kwargs.pop("until", None) or []
         until = ([until] if isinstance(until, str) else list(until)) + [self.tokenizer.decode([self.eot_token_id])]
@@ -182,7 +182,7 @@ class GPT2JaxLM(TemplateLM):
             if kwargs.get(name) is not None:
                 sampling[name] = kwargs.pop(name)
         texts, _ = generate_text_ids(self.cfg, self.params, self.tokenizer, prompts, max_new,
-                                     stop=until, **sampling)
+                                     Sampling(stop=tuple(until), **sampling))
         return texts
 
 

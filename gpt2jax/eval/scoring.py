@@ -1,8 +1,10 @@
 """The jitted scorer: one forward pass per (B, T) batch -> per-target NLL and greedy-match flags, data parallel.
 
 Parameters are placed with `gpt2jax.sharding.param_shardings` and batches with `batch_sharding` (the batch axis
-split over the mesh's data-parallel axes), so the same code runs on one CPU, one GPU or a pod slice. The batch
-size must be a multiple of the data-parallel size; this is checked before anything compiles.
+split over the mesh's data-parallel axes), so the same code runs on one CPU, one GPU or a pod slice, in one
+process or several (every process passes the same numpy batch; each contributes its rows of the global array and
+reads the replicated result). The batch size must be a multiple of the data-parallel size; this is checked
+before anything compiles. Used by the zero-shot suite and by training's final evaluation.
 """
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.data.loader import local_rows
 from gpt2jax.model import GPT
 from gpt2jax.sharding import (DEFAULT_RULES, activation_context, batch_sharding, data_parallel_size, make_mesh,
                               param_shardings, replicated)
 
 
 def nll_and_greedy(logits, targets) -> dict:
-    """NLL (the math of `model.token_nll`) and greedy flags sharing one max over the vocabulary: on CPU this is
-    1.6x faster than token_nll + argmax (the (B, T, V) passes dominate a small model's evaluation).
+    """NLL (the math of `model.token_nll`) and greedy flags sharing one max over the vocabulary: fewer passes over
+    the (B, T, V) logits than token_nll + argmax (those passes dominate a small model's evaluation).
 
     greedy = the target's logit is the maximum. Unlike argmax == target this also counts an exact tie for the
     maximum as greedy; float32 logits of a trained model essentially never tie.
@@ -55,7 +58,7 @@ class Scorer:
         self.positions_scored = 0
         p_sh = param_shardings(cfg, self.mesh, rules)
         self.params = jax.device_put(params, p_sh)
-        x_sh = batch_sharding(self.mesh, rules)
+        self._x_sh = x_sh = batch_sharding(self.mesh, rules)
         banned = np.zeros(cfg.embedding_rows, bool)
         if banned_ids is not None:
             banned[np.asarray(list(banned_ids), dtype=np.int64)] = True
@@ -74,7 +77,8 @@ class Scorer:
             del out["target_logit"]
             return out
 
-        self._fn = jax.jit(score, in_shardings=(p_sh, x_sh, x_sh, replicated(self.mesh)))
+        rep = replicated(self.mesh)
+        self._fn = jax.jit(score, in_shardings=(p_sh, x_sh, x_sh, rep), out_shardings=rep)
 
     def check_batch(self, inputs: np.ndarray) -> None:
         B, T = inputs.shape
@@ -88,8 +92,13 @@ class Scorer:
         self.check_batch(inputs)
         self.positions_scored += inputs.size  # padded batch positions, for throughput reports
         with activation_context(self.mesh, self.rules):
-            out = self._fn(self.params, inputs, targets, self._banned)
-        return {k: np.asarray(v) for k, v in out.items()}
+            out = self._fn(self.params, self._global(inputs), self._global(targets), self._banned)
+        return {k: np.asarray(v.addressable_data(0)) for k, v in out.items()}  # replicated: any local copy
+
+    def _global(self, x: np.ndarray) -> jax.Array:
+        """The same (B, T) numpy batch on every process -> one global array (each process gives its rows)."""
+        lo, hi = local_rows(self._x_sh, x.shape, axis=0)
+        return jax.make_array_from_process_local_data(self._x_sh, x[lo:hi], x.shape)
 
     def nll_fn(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """The (inputs, targets) -> (B, T) NLL function `windows.sliding_window_nll` expects."""

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
+from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
 from gpt2jax.shipped import shipped_path
 
 SHIPPED_DIR = shipped_path("eval")  # data/eval in the checkout, gpt2jax/shipped/eval in an installed wheel
@@ -34,7 +35,7 @@ def _default_data_dir() -> Path:
 
 DEFAULT_DATA_DIR = _default_data_dir()
 
-GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_SIZES = tuple(GPT2_PRESETS)  # the released sizes, smallest first
 
 
 class DataError(ValueError):
@@ -247,8 +248,6 @@ def read_text(path: Path) -> str:
 
 def reference_size(cfg) -> str | None:
     """Which released GPT-2 a config has the shape of (for the reference columns), or None."""
-    from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
-
     for name, shape in GPT2_PRESETS.items():
         if all(getattr(cfg, k) == v for k, v in shape.items()) and cfg.vocab_size == GPT2_VOCAB_SIZE \
                 and cfg.n_positions == 1024:

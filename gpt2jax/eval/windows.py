@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from gpt2jax.buckets import bucket_length
 from gpt2jax.config import ConfigError
 
 
@@ -71,14 +72,6 @@ class Request:
     n_scored: int
 
 
-def bucket_length(length: int, max_len: int, minimum: int = 16) -> int:
-    """Pad lengths to powers of two (>= minimum, <= max_len) so a few static shapes cover all requests."""
-    size = minimum
-    while size < length:
-        size *= 2
-    return min(size, max_len)
-
-
 def score_requests(
     score_fn: Callable[[np.ndarray, np.ndarray], dict],
     requests: Sequence[Request],
@@ -90,8 +83,8 @@ def score_requests(
     """Run `score_fn(inputs (B, T) int32, targets (B, T) int32) -> {name: (B, T) array}` over all requests.
 
     Batches have a static shape: B = batch_size (the last batch is padded with empty rows) and T = max_len, or
-    with bucket=True a power of two >= the longest request in the batch (requests are sorted by length so
-    batches are homogeneous; at most log2(max_len) shapes get compiled). Padding sits to the right of the real
+    with bucket=True `bucket_length` of the longest request in the batch (requests are sorted by length so
+    batches are homogeneous; a few shapes get compiled). Padding sits to the right of the real
     tokens, which a causal model never attends to from a real position.
 
     Returns, in request order, {name: (n_scored,) array} for the scored targets of each request.
