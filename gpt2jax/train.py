@@ -13,10 +13,9 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,14 @@ from gpt2jax import checkpoint as ckpt_lib
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
+from gpt2jax.errors import SaveError, run_cli
+from gpt2jax.lock import RunDirLock
 from gpt2jax.model import GPT, count_params, flops_per_token, init_params, mean_loss, token_nll
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, batch_sharding, opt_state_shardings, param_shardings, replicated
+from gpt2jax.signals import StartupInterrupted, StopSignals
 from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
+from gpt2jax.watchdog import Watchdog, injected_sleep
 
 
 # ---- the compiled functions ---------------------------------------------------------------------------------
@@ -66,9 +69,16 @@ def make_train_step(cfg, tx, schedule, p_shardings):
         (grad_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0)), (batch, jnp.arange(n_micro)))
         grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = dict(params=optax.apply_updates(params, updates), opt_state=opt_state,
-                         step=state["step"] + 1, rng=state["rng"])
-        metrics = dict(loss=loss_sum / n_micro, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        loss, grad_norm = loss_sum / n_micro, optax.global_norm(grads)
+        # numerics guard: a NaN/Inf loss or gradient leaves params and optimizer state as they were (the batch
+        # still counts as consumed); the host reads the flag with the other metrics, no extra sync
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_bad = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = dict(params=keep_if_bad(optax.apply_updates(params, updates), params),
+                         opt_state=keep_if_bad(opt_state, state["opt_state"]), step=state["step"] + 1,
+                         rng=state["rng"])
+        metrics = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
+                       nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
 
     return step
@@ -104,19 +114,49 @@ def open_data(config):
     return train_split, val_split
 
 
-def prepare_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> int:
-    """Check the run dir against this config; returns the step to start from (0 for a fresh run)."""
-    latest = ckpts.latest_step()
-    if latest is None:
-        return 0
+def check_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> None:
+    """Refuse a run dir whose checkpoints cannot continue with this config (or resume=False), before any change."""
+    steps = ckpts.steps()
+    if not steps:
+        return
     if not config.train.resume:
         raise ckpt_lib.RunDirError(
-            f"run directory {run_dir} already holds checkpoints (latest step {latest}) and train.resume=False. "
-            "Nothing was changed: pick a new run name with --config.name=<new name>, or resume with "
-            "--config.train.resume=True."
+            f"run directory {run_dir} already holds checkpoints (latest step {ckpts.latest_step()}) and "
+            "train.resume=False. Nothing was changed: pick a new run name with --config.name=<new name>, or resume "
+            "with --config.train.resume=True."
         )
-    ckpt_lib.check_compatible(run_dir, ckpts.meta(latest), cfg, tokenizer)
-    return latest
+    for step in ckpts.candidates():  # the newest step whose meta reads (a damaged one is judged when restoring)
+        try:
+            meta = ckpts.meta(step)
+        except Exception:  # noqa: BLE001 - orbax/JSON errors of a damaged step
+            continue
+        ckpt_lib.check_compatible(run_dir, meta, cfg, tokenizer)
+        return
+
+
+def restore_state(ckpts, abstract_state: dict, state_sh: dict, fallback: bool, say) -> tuple[int, dict | None]:
+    """(step, state) of the newest checkpoint that verifies (files match the manifest, arrays finite), or
+    (0, None) for a fresh run. Unusable newer steps are named and moved to rejected_checkpoints/."""
+    if not ckpts.steps():
+        return 0, None
+    with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+    train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
+    step, restored, rejected = ckpts.restore_good(with_sh(abstract_state["params"], state_sh["params"]),
+                                                  train_target, fallback=fallback)
+    if step is None:
+        raise ckpt_lib.CorruptCheckpointError(
+            f"no usable checkpoint in {ckpts.directory}: " + "; ".join(why for _, why in rejected)
+            + ". Move the checkpoints directory aside to start over, or restore it from a copy.")
+    ckpts.reject([s for s in ckpts.steps() if s > step])
+    if rejected:
+        say(f"resuming from step {step}, the newest checkpoint that verifies")
+    return step, dict(params=restored["params"], **restored["train"])
+
+
+def make_watchdog(t, run_dir: Path) -> Watchdog:
+    return Watchdog(timeout_s=t.watchdog_timeout_s, factor=t.watchdog_step_factor, min_s=t.watchdog_min_s,
+                    exit_on_hang=t.watchdog_exit, report_dir=run_dir, process_index=jax.process_index())
 
 
 def write_run_files(config, run_dir: Path, tokenizer, start_step: int) -> None:
@@ -127,23 +167,6 @@ def write_run_files(config, run_dir: Path, tokenizer, start_step: int) -> None:
         path.rename(run_dir / f"config.before_step{start_step}.json")
     path.write_text(new)
     (run_dir / ckpt_lib.TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_dict()))
-
-
-def install_stop_handler():
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once."""
-    stop = {"requested": False}
-
-    def handler(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (checkpoint follows); Ctrl-C again to abort without saving")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler
-        previous = None
-    return stop, previous
 
 
 def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
@@ -184,7 +207,15 @@ def train(config, devices=None) -> dict:
     """Train (or resume) the run described by `config`; returns a summary (also written to summary.json).
 
     devices: the devices of the mesh (default: all); tests pass a subset to compare 1 and 8 devices.
+    SIGTERM/SIGINT stop the run cleanly (gpt2jax.signals); the run dir is locked while it trains (gpt2jax.lock).
     """
+    stop = StopSignals(say=tqdm.write).install()
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop.restore)
+        return _train(config, devices, stop, stack)
+
+
+def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
     t0 = time.time()
     config = config.copy_and_resolve_references()
     t, T = config.train, config.data.seq_len
@@ -204,20 +235,19 @@ def train(config, devices=None) -> dict:
     train_loader = Loader(train_split, T, t.batch_size, t.grad_accum, config.seed)
     val_loader = Loader(val_split, T, eval_bs, 1, config.seed)
 
-    # 3. run directory
+    # 3. run directory, locked (process 0) before anything in it is read or changed
     run_dir = Path(config.run_root) / config.name
-    ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
-                                 async_save=t.async_checkpoint)
-    start = prepare_run_dir(config, run_dir, cfg, tokenizer, ckpts)
     lead = jax.process_index() == 0
-    if lead:
-        write_run_files(config, run_dir, tokenizer, start)
-        if start:
-            metrics_lib.rewind_metrics(run_dir, start)
-    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
     say = tqdm.write if lead else (lambda *_: None)
+    if lead:
+        lock = stack.enter_context(RunDirLock(run_dir))
+        if lock.stale:
+            say(f"note: took over the lock of a process that is gone ({lock.stale})")
+    ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
+                                 async_save=t.async_checkpoint, log=say)
+    check_run_dir(config, run_dir, cfg, tokenizer, ckpts)
 
-    # 4. state, created or restored in its shardings
+    # 4. state, created or restored (the newest checkpoint that verifies) in its shardings
     p_sh = param_shardings(cfg, mesh, rules)
     abstract_p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     o_sh = opt_state_shardings(tx, abstract_p, p_sh, mesh)
@@ -228,15 +258,15 @@ def train(config, devices=None) -> dict:
 
     init_state = functools.partial(initial_state, cfg, tx)
     abstract_state = jax.eval_shape(init_state, config.seed)
-    if start:
-        with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
-        train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
-        restored = ckpts.restore(start, with_sh(abstract_state["params"], p_sh), train_target)
-        state = dict(params=restored["params"], **restored["train"])
-        say(f"resumed {run_dir} at step {start}")
-    else:
+    start, state = restore_state(ckpts, abstract_state, state_sh, t.checkpoint_fallback, say)
+    if state is None:
         state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+    else:
+        say(f"resumed {run_dir} at step {start}")
+    if lead:
+        write_run_files(config, run_dir, tokenizer, start)
+        metrics_lib.rewind_metrics(run_dir, start)
+    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
 
     # 5. compile the train and eval steps under the mesh and logical-axis rules
     t_compile = time.time()
@@ -267,48 +297,66 @@ def train(config, devices=None) -> dict:
     # 6. the loop; `step` counts completed updates (= the next batch's index)
     end = t.stop_at or t.max_steps
     ckpt_every = t.checkpoint_every or t.eval_every
-    stop, previous_handler = install_stop_handler()
     bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not (
         lead and t.progress))
     last = dict(loss=None, val_loss=None)
     step, mark, mark_step = start, time.time(), start
+    nonfinite = metrics_lib.NonfiniteTally()
+    watchdog = stack.enter_context(make_watchdog(t, run_dir))
+    stop.in_loop = True  # from here a signal finishes the step and saves
     try:
         if t.eval_at_start and start == 0:
+            watchdog.beat("eval at step 0")
             last["val_loss"] = evaluate(state["params"])
-            logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"], val_ppl=math.exp(last["val_loss"])))
-        while step < end and not stop["requested"]:
+            logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"],
+                              val_ppl=metrics_lib.perplexity(last["val_loss"])))
+        while step < end and not stop.requested:
+            watchdog.beat(f"train step {step + 1}")
+            injected_sleep("step", step + 1)
             batch = global_batch(train_loader, step, batch_sh)
             state, m = step_fn(state, batch)
             step += 1
             bar.update(1)
+            nonfinite.add(step, m["nonfinite"])
+            ckpts.check()  # a background save that failed stops the run here, in one message
             if step % t.log_every == 0 or step == end:
-                m = {k: float(host(v)) for k, v in m.items()}
+                m = {k: float(host(v)) for k, v in m.items() if k != "nonfinite"}
                 now = time.time()
                 tok_s = tokens_per_step * (step - mark_step) / max(now - mark, 1e-9)
                 mark, mark_step = now, step
                 last["loss"] = m["loss"]
                 u = metrics_lib.mfu(fpt, tok_s, peak)
-                logger.write(dict(kind="train", step=step, **m, tokens_per_s=tok_s, mfu=u, elapsed_s=now - t0))
+                logger.write(dict(kind="train", step=step, **m, nonfinite_steps=nonfinite.read(), tokens_per_s=tok_s,
+                                  mfu=u, elapsed_s=now - t0))
                 bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                if not math.isfinite(m["loss"]):
-                    raise FloatingPointError(f"loss became {m['loss']} at step {step}; lower optim.lr or check data")
+                nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)
             val_loss = None
             if step % t.eval_every == 0 or step == t.max_steps:
+                watchdog.beat(f"eval at step {step}")
                 val_loss = last["val_loss"] = evaluate(state["params"])
-                logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=math.exp(val_loss)))
-                say(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
+                ppl = metrics_lib.perplexity(val_loss)
+                logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=ppl))
+                say(f"step {step}: val loss {val_loss:.4f}, ppl {ppl:.2f}")
                 final_follows = step == t.max_steps and t.final_eval  # which prints its own sample
                 text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
                 if text is not None:
                     say("  sample: " + text.replace("\n", "\n  | "))
-            if step % ckpt_every == 0 or step == end or stop["requested"]:
+            if step % ckpt_every == 0 or step == end or stop.requested:
+                watchdog.beat(f"checkpoint save at step {step}")
+                nonfinite.read()
+                nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # never save a state past a bad step
                 meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
+        watchdog.beat(f"checkpoint wait at step {step}")
+        ckpts.wait()
     finally:
         bar.close()
-        ckpts.wait()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        watchdog.stop()
+        try:
+            ckpts.close()
+        except SaveError as e:  # only reached while another error propagates: report both
+            say(f"error: {e}")
+        stop.in_loop = False
 
     # final: the whole val split, sliding windows shared with the evaluation suite
     final = None
@@ -322,9 +370,9 @@ def train(config, devices=None) -> dict:
         if text is not None:
             say("sample:\n" + text)
     logger.close()
-    ckpts.close()
     summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
-                   stopped_early=step < t.max_steps, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
+                   stopped_early=step < t.max_steps, stopped_by=stop.requested,
+                   nonfinite_steps=nonfinite.count, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
                    final=final, compile_s=compile_s, wall_s=time.time() - t0)
     if lead:
         if t.plot:
@@ -350,7 +398,7 @@ def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, n
     nll = sliding_window_nll(fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
                              progress="final val" if progress else False)
     loss = float(nll.mean())
-    return dict(val_loss=loss, val_ppl=math.exp(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
+    return dict(val_loss=loss, val_ppl=metrics_lib.perplexity(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
 
 
 def _local(sharding, shape):
@@ -362,18 +410,49 @@ def _local(sharding, shape):
 # ---- command line ----------------------------------------------------------------------------------------------
 
 def parse_config(argv: list[str]):
-    """`--config <file>[:arg] --config.x.y=value ...` -> ConfigDict (a fresh FlagValues, so tests can parse twice)."""
+    """`--config <file>[:arg] --config.x.y=value ...` -> ConfigDict (a fresh FlagValues, so tests can parse twice).
+    Raises ConfigError (one line) for a missing config file, an unknown field or a value of the wrong type."""
     from absl import flags
     from ml_collections import config_flags
 
+    from gpt2jax.config import ConfigError
+
+    check_config_file(argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,
                                     lock_config=True, sys_argv=argv)
-    fv(argv)
-    if fv.config is None:
+    try:
+        fv(argv)
+        config = fv.config
+    except flags.Error as e:
+        raise ConfigError(f"{str(e).splitlines()[0]}; see python -m gpt2jax.train --help for the fields") from None
+    except (AttributeError, KeyError) as e:
+        name = str(e).strip("\"'")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{name}" in a.split("=")[0]]
+        raise ConfigError(f"unknown config field {', '.join(given) or name!r}: check the spelling of "
+                          "--config.<section>.<field> (python -m gpt2jax.train --help lists them)") from None
+    except (SyntaxError, ImportError) as e:
+        raise ConfigError(f"the config file cannot be loaded: {type(e).__name__}: {e}") from None
+    if config is None:
         raise SystemExit("usage: python -m gpt2jax.train --config configs/<name>.py [--config.<field>=<value> ...]\n"
                          "configs: " + ", ".join(sorted(p.name for p in Path("configs").glob("*.py"))))
-    return fv.config
+    return config
+
+
+def check_config_file(argv: list[str]) -> None:
+    """The --config value must be an existing Python file with get_config() (ml_collections defers the error)."""
+    from gpt2jax.config import ConfigError
+
+    for i, a in enumerate(argv):
+        if a == "--config" or a.startswith("--config="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            path = Path(value.split(":")[0])
+            if not path.is_file():
+                raise ConfigError(f"--config {value!r}: no such file (or a directory); pass a config file, e.g. "
+                                  "configs/default.py")
+            if "def get_config" not in path.read_text(errors="replace"):
+                raise ConfigError(f"--config {path} defines no get_config(); pass a config file such as "
+                                  "configs/default.py")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -385,20 +464,20 @@ def main(argv: list[str] | None = None) -> dict:
 
         print(base_config())
         return {}
-    config = parse_config(argv)
-    d = config.distributed
-    if d.enabled:  # before any JAX computation
-        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
-                                   num_processes=d.num_processes or None,
-                                   process_id=None if d.process_id < 0 else d.process_id,
-                                   initialization_timeout=d.initialization_timeout)
     from gpt2jax.config import ConfigError
 
     try:
+        config = parse_config(argv)
+        d = config.distributed
+        if d.enabled:  # before any JAX computation
+            jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                                       num_processes=d.num_processes or None,
+                                       process_id=None if d.process_id < 0 else d.process_id,
+                                       initialization_timeout=d.initialization_timeout)
         return train(config)
     except (ConfigError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

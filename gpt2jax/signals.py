@@ -1,0 +1,49 @@
+"""SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) for the trainer.
+
+During start-up (data, restore, compilation) a signal stops the run at once with a clean message: nothing has
+been trained, so nothing needs saving. In the loop the first signal asks the loop to finish its step, save a
+checkpoint, wait for in-flight saves and exit 0; a second signal exits at once (exit code 128 + signal) without
+touching completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored).
+Handlers can only be installed from the main thread; elsewhere they are skipped.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from gpt2jax.errors import StartupInterrupted
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignals:
+    def __init__(self, say=lambda m: print(m, file=sys.stderr, flush=True)):
+        self.say = say
+        self.requested: str | None = None  # the signal's name once one arrived
+        self.in_loop = False
+        self.previous: dict = {}
+
+    def install(self) -> "StopSignals":
+        for sig in SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            self.say(f"{name} again: exiting now without saving; completed checkpoints are untouched")
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        self.requested = name
+        if not self.in_loop:
+            raise StartupInterrupted(f"{name} during start-up: stopped before training; nothing needed saving")
+        self.say(f"{name}: stopping after this step (checkpoint follows); send it again to exit without saving")
