@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.errors import SaveError
 from gpt2jax.tokenizer import tokenizer_from_dict
+from gpt2jax.watchdog import injected_sleep
 
 CHECKPOINT_DIR = "checkpoints"
 REJECTED_DIR = "rejected_checkpoints"
@@ -295,7 +296,8 @@ class Checkpoints:
         self.wait()
         args = ocp.args.Composite(params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train_state),
                                   meta=ocp.args.JsonSave(meta))
-        self.directory.mkdir(parents=True, exist_ok=True) if self.lead else None
+        if self.lead:
+            self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self._checkpointer().save(self.directory / str(step), args=args)
         except Exception as e:
@@ -313,6 +315,7 @@ class Checkpoints:
             if self._async:
                 writer.wait_until_finished()
                 writer.check_for_errors()
+            injected_sleep("commit", step)
             if self.lead:
                 step_dir = self.directory / str(step)
                 if not step_dir.is_dir():

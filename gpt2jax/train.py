@@ -13,6 +13,13 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # SIGTERM/SIGINT while the libraries below import: nothing started, exit quietly
+    import os as _os
+    import signal as _signal
+
+    for _sig in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(_sig, lambda signum, frame: _os._exit(0))
+
 import contextlib
 import functools
 import json
