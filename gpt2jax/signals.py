@@ -1,7 +1,7 @@
 """SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) for the trainer.
 
-During start-up (data, restore, compilation) a signal stops the run at once with a clean message: nothing has
-been trained, so nothing needs saving. In the loop the first signal asks the loop to finish its step, save a
+During start-up (data, restore, compilation) a signal stops the run at the next phase boundary with a clean
+message (exit 0): nothing has been trained, so nothing needs saving. In the loop the first signal asks the loop to finish its step, save a
 checkpoint, wait for in-flight saves and exit 0; a second signal exits at once (exit code 128 + signal) without
 touching completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored).
 Handlers can only be installed from the main thread; elsewhere they are skipped.
@@ -45,5 +45,13 @@ class StopSignals:
             os._exit(128 + signum)
         self.requested = name
         if not self.in_loop:
-            raise StartupInterrupted(f"{name} during start-up: stopped before training; nothing needed saving")
+            self.say(f"{name}: stopping at the next safe point of start-up; send it again to exit at once")
+            return
         self.say(f"{name}: stopping after this step (checkpoint follows); send it again to exit without saving")
+
+    def check_startup(self) -> None:
+        """Called between start-up phases: raise StartupInterrupted once a signal arrived. (Raising from the
+        handler itself could interrupt XLA or orbax mid-call, which has crashed the interpreter at exit.)"""
+        if self.requested is not None:
+            raise StartupInterrupted(f"{self.requested} during start-up: stopped before training; nothing needed "
+                                     "saving")

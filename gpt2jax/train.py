@@ -242,6 +242,8 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     train_loader = Loader(train_split, T, t.batch_size, t.grad_accum, config.seed)
     val_loader = Loader(val_split, T, eval_bs, 1, config.seed)
 
+    stop.check_startup()
+
     # 3. run directory, locked (process 0) before anything in it is read or changed
     run_dir = Path(config.run_root) / config.name
     lead = jax.process_index() == 0
@@ -270,6 +272,7 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
         state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
     else:
         say(f"resumed {run_dir} at step {start}")
+    stop.check_startup()
     if lead:
         write_run_files(config, run_dir, tokenizer, start)
         metrics_lib.rewind_metrics(run_dir, start)
@@ -288,6 +291,7 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
         rows_sh = NamedSharding(mesh, b_spec)
         nll_fn = jax.jit(nll, in_shardings=(p_sh, rows_sh, rows_sh), out_shardings=rep)
     compile_s = time.time() - t_compile
+    stop.check_startup()
     val_batches = [global_batch(val_loader, i, batch_sh) for i in range(t.eval_batches)]
 
     def evaluate(params) -> float:

@@ -18,15 +18,20 @@ import pytest
 
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.checkpoint import Checkpoints
-from gpt2jax.train import parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def argv(data_dir, run_root, *extra):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One persistent XLA cache for all the trainers started here: each compiles the tiny step once."""
+    return str(tmp_path_factory.mktemp("xla"))
+
+
+def argv(data_dir, run_root, *extra, cache_dir=""):
     return [sys.executable, "-m", "gpt2jax.train", "--config", str(REPO / "configs" / "tiny_test.py"),
             f"--config.data.dir={data_dir}", f"--config.run_root={run_root}", "--config.name=run",
-            "--config.train.log_every=1", *extra]
+            "--config.train.log_every=1", f"--config.train.compilation_cache_dir={cache_dir}", *extra]
 
 
 def start(cmd, env_extra=None):
@@ -57,9 +62,11 @@ def finish(proc, timeout=120):
         pytest.fail(f"the trainer did not end within {timeout} s: {proc.communicate()[0][-2000:]}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_finishes_the_step_saves_and_exits_0(char_data, tmp_path, sig):
-    proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000", "--config.train.eval_every=100000"))
+def test_sigterm_finishes_the_step_saves_and_exits_0(char_data, tmp_path, cache):
+    """(SIGINT: tests/test_resume.py::test_ctrl_c_stops_after_a_step_with_a_checkpoint.)"""
+    sig = signal.SIGTERM
+    proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000", "--config.train.eval_every=100000",
+                      cache_dir=cache))
     run = tmp_path / "run"
     assert wait_for(lambda: len(train_records(run)) >= 3, proc), finish(proc)
     proc.send_signal(sig)
@@ -73,10 +80,10 @@ def test_a_signal_finishes_the_step_saves_and_exits_0(char_data, tmp_path, sig):
     assert ckpts.problem(summary["step"]) is None  # committed and verified
 
 
-def test_a_second_signal_exits_at_once_and_completed_checkpoints_stay_good(char_data, tmp_path):
+def test_a_second_signal_exits_at_once_and_completed_checkpoints_stay_good(char_data, tmp_path, cache):
     """The first SIGTERM asks for a save which the injected sleep holds open; the second exits at once (143)."""
     proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000", "--config.train.eval_every=100000",
-                      "--config.train.checkpoint_every=4"), {"GPT2JAX_FAULT_SLEEP": "commit:8:60"})
+                      "--config.train.checkpoint_every=4", cache_dir=cache), {"GPT2JAX_FAULT_SLEEP": "commit:8:60"})
     run = tmp_path / "run"
     assert wait_for(lambda: len(train_records(run)) >= 9, proc), finish(proc)
     proc.send_signal(signal.SIGTERM)
@@ -92,29 +99,24 @@ def test_a_second_signal_exits_at_once_and_completed_checkpoints_stay_good(char_
 
 @pytest.mark.parametrize("sig,after_s", [(signal.SIGINT, 1.0), (signal.SIGTERM, 6.0)])
 def test_a_signal_during_start_up_exits_cleanly(char_data, tmp_path, sig, after_s):
-    proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000"))
+    proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000"))  # no cache: a long compile
     time.sleep(after_s)
     proc.send_signal(sig)
     out = finish(proc)
     assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
 
 
-def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path):
+def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path, cache):
     """Acceptance 1: kill -9 five times (once while a save is held open between orbax's commit and the manifest,
     the others at random moments); the resumed run ends with params bitwise equal to an uninterrupted run."""
-    steps, cache = 40, str(tmp_path / "xla")
+    steps = 40
     extra = [f"--config.train.max_steps={steps}", "--config.train.eval_every=100000",
-             "--config.train.checkpoint_every=4", f"--config.train.compilation_cache_dir={cache}"]
-    reference = parse_config(argv(char_data, tmp_path, *extra)[2:])
-    reference.name = "reference"
-    try:
-        train(reference, devices=jax.devices()[:1])
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
+             "--config.train.checkpoint_every=4"]
+    finish(start(argv(char_data, tmp_path, *extra, "--config.name=reference", cache_dir=cache)))
     run, rng, kills = tmp_path / "run", random.Random(0), 0
     while kills < 5:
         hold = {"GPT2JAX_FAULT_SLEEP": "commit:8:60"} if kills == 1 else {}
-        proc = start(argv(char_data, tmp_path, *extra), hold)
+        proc = start(argv(char_data, tmp_path, *extra, cache_dir=cache), hold)
         done = len(train_records(run))
         if kills == 1:  # mid-save: step 8 committed by orbax, its manifest held back
             ok = wait_for(lambda: len(train_records(run)) >= 9, proc)
@@ -126,7 +128,7 @@ def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path):
         proc.kill()
         proc.wait()
         kills += 1
-    out = finish(start(argv(char_data, tmp_path, *extra)), timeout=240)
+    out = finish(start(argv(char_data, tmp_path, *extra, cache_dir=cache)), timeout=240)
     assert kills == 5, f"the run finished after {kills} kills"
     assert json.loads((run / "summary.json").read_text())["step"] == steps, out[-3000:]
     a = ocp.PyTreeCheckpointer().restore(tmp_path / "reference" / "checkpoints" / str(steps) / "params")
@@ -137,11 +139,12 @@ def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path):
     assert recorded == list(range(1, steps + 1))  # no step twice after five restarts
 
 
-def test_watchdog_reports_a_hung_step_and_exits_so_the_rerun_resumes(char_data, tmp_path):
+def test_watchdog_reports_a_hung_step_and_exits_so_the_rerun_resumes(char_data, tmp_path, cache):
     """Acceptance 5: step 7 sleeps 60 s; the watchdog (3 s) names the phase, dumps all stacks and exits 75; the
     rerun resumes from the step-4 checkpoint and finishes."""
     extra = ["--config.train.max_steps=12", "--config.train.eval_every=100000", "--config.train.checkpoint_every=4",
-             "--config.train.watchdog_timeout_s=3", "--config.train.watchdog_exit=True"]
+             "--config.train.watchdog_timeout_s=3", "--config.train.watchdog_exit=True", f"--config.train."
+             f"compilation_cache_dir={cache}"]
     proc = start(argv(char_data, tmp_path, *extra), {"GPT2JAX_FAULT_SLEEP": "step:7:60"})
     out = finish(proc, timeout=150)
     assert proc.returncode == 75, out[-3000:]

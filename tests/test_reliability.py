@@ -30,6 +30,23 @@ def tiny(data_dir, run_root, name="run", **train_fields):
     return c
 
 
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+    """The tiny runs here compile the same few programs: JAX's persistent cache compiles each once. Switched off
+    afterwards so the rest of the session is unaffected."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+def run1(config):
+    """Train on one device (the 8 simulated ones only slow a tiny model down)."""
+    return train(config, devices=jax.devices()[:1])
+
+
 def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
@@ -43,7 +60,7 @@ def saved_params(run_dir, step):
 def good_run(char_data, tmp_path_factory):
     """A tiny run with verified checkpoints at steps 10 and 20 (read-only for the tests: they copy it)."""
     root = tmp_path_factory.mktemp("good")
-    train(tiny(char_data, root))
+    run1(tiny(char_data, root))
     return root / "run"
 
 
@@ -117,7 +134,7 @@ def test_training_resumes_from_the_newest_good_checkpoint(good_run, char_data, t
         (run / "checkpoints" / step / "metrics" / "metrics").write_text('{"val_loss": 3.')
     text = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text(text + text.splitlines()[-1][:17])  # a torn last line
-    summary = train(tiny(char_data, tmp_path, max_steps=30))
+    summary = run1(tiny(char_data, tmp_path, max_steps=30))
     assert summary["start_step"] == 10 and summary["step"] == 30
     rejected = list((run / ckpt_lib.REJECTED_DIR).iterdir())
     assert len(rejected) == 1 and rejected[0].name.startswith("20.")
@@ -129,19 +146,19 @@ def test_fallback_off_refuses_to_resume(good_run, char_data, tmp_path):
     run = copy_run(good_run, tmp_path)
     flip(largest_file(run / "checkpoints" / "20" / "params"))
     with pytest.raises(CorruptCheckpointError, match=r"step 20 .*params/.*checksum.*Fallback .* is off"):
-        train(tiny(char_data, tmp_path, max_steps=30, checkpoint_fallback=False))
+        run1(tiny(char_data, tmp_path, max_steps=30, checkpoint_fallback=False))
     assert (run / "checkpoints" / "20").is_dir()  # nothing moved
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_data, tmp_path, capsys):
     """Finding 1 / acceptance 3: lr=1e6 stops with the step number, nothing non-finite is saved, the last good
     checkpoint stays and is best, and it is what sampling loads."""
-    train(tiny(char_data, tmp_path, max_steps=10, eval_every=5))  # good checkpoints at steps 5 and 10
+    run1(tiny(char_data, tmp_path, max_steps=10, eval_every=5))  # good checkpoints at steps 5 and 10
     c = tiny(char_data, tmp_path, max_steps=60, eval_every=5, checkpoint_every=5, log_every=5)
     c.optim.update(lr=1e6, min_lr=0.0, warmup_steps=0)  # the same run goes on with a diverging lr
     with pytest.raises(TrainingStopped, match=r"NaN/Inf at step (\d+) .*the last checkpoint, step (\d+), holds the "
                                               r"last good state") as e:
-        train(c)
+        run1(c)
     bad, last = (int(x) for x in __import__("re").search(r"at step (\d+).*step (\d+), holds", str(e.value)).groups())
     assert last == 10 < bad
     run = tmp_path / "run"
@@ -163,7 +180,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_
 def test_skip_nonfinite_counts_bad_batches_and_continues(char_data, tmp_path):
     c = tiny(char_data, tmp_path, max_steps=20, skip_nonfinite=True)
     c.optim.update(lr=1e6, min_lr=0.0, warmup_steps=2)
-    summary = train(c)
+    summary = run1(c)
     assert summary["step"] == 20 and summary["nonfinite_steps"] > 0
     records = [r for r in metrics_lib.read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert records[-1]["nonfinite_steps"] == summary["nonfinite_steps"]
@@ -181,7 +198,7 @@ def test_a_second_trainer_is_refused_naming_the_holder(char_data, tmp_path):
     run = tmp_path / "run"
     with RunDirLock(run):
         with pytest.raises(RunDirLocked, match=r"is in use by pid \d+ on .*Nothing was changed"):
-            train(tiny(char_data, tmp_path))
+            run1(tiny(char_data, tmp_path))
         assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
     assert not run.joinpath("train.lock").exists()
 
@@ -222,7 +239,7 @@ def test_a_failed_save_is_one_error_naming_the_intact_checkpoint(char_data, tmp_
         monkeypatch.setattr(ocp.AsyncCheckpointer, "check_for_errors", check_for_errors)
     with pytest.raises(SaveError, match=r"saving the checkpoint of step 20 .*No space left on device; the previous "
                                         r"checkpoint, step 10, is intact") as e:
-        train(tiny(char_data, tmp_path, max_steps=30))
+        run1(tiny(char_data, tmp_path, max_steps=30))
     assert "\n" not in str(e.value)
     ckpts = Checkpoints(tmp_path / "run", read_only=True)
     assert ckpts.verified_steps() == [10] and ckpts.problem(10) is None
@@ -234,7 +251,7 @@ def test_restarts_before_the_first_checkpoint_do_not_duplicate_metrics(char_data
     run.mkdir()
     old = [dict(kind="train", step=s, loss=4.0) for s in (5, 10)] + [dict(kind="eval", step=0, val_loss=4.2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old) + '{"kind": "tr')
-    train(tiny(char_data, tmp_path, max_steps=10, eval_at_start=True))
+    run1(tiny(char_data, tmp_path, max_steps=10, eval_at_start=True))
     records = metrics_lib.read_metrics(run)
     keys = [(r["kind"], r["step"]) for r in records]
     assert len(keys) == len(set(keys)) and ("train", 10) in keys and ("eval", 0) in keys
