@@ -321,7 +321,8 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
             last["val_loss"] = evaluate(state["params"])
             logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"],
                               val_ppl=metrics_lib.perplexity(last["val_loss"])))
-        while step < end and not stop.requested:
+        stopping = False
+        while step < end and not stopping:
             watchdog.beat(f"train step {step + 1}")
             injected_sleep("step", step + 1)
             batch = global_batch(train_loader, step, batch_sh)
@@ -352,7 +353,8 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
                 text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
                 if text is not None:
                     say("  sample: " + text.replace("\n", "\n  | "))
-            if step % ckpt_every == 0 or step == end or stop.requested:
+            stopping = stop.should_stop(sync_point=step % t.log_every == 0)
+            if step % ckpt_every == 0 or step == end or stopping:
                 watchdog.beat(f"checkpoint save at step {step}")
                 nonfinite.read()
                 nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # never save a state past a bad step
