@@ -200,18 +200,16 @@ class Checkpoints:
         return self._item(step, meta=ocp.args.JsonRestore())["meta"]
 
     def problem(self, step: int, restored: dict | None = None) -> str | None:
-        """What is wrong with a step (naming the file), or None. Without a manifest (a run dir from before
-        manifests, or a kill between orbax's commit and the manifest) only the restored arrays are checked."""
-        step_dir = self.directory / str(step)
-        if (step_dir / MANIFEST_FILE).exists():
-            bad = check_files(step_dir)
-            if bad:
-                return bad
+        """What is wrong with a step (naming the file), or None: its files against the manifest, or, given the
+        restored trees, their finiteness. Without a manifest (a run dir from before manifests, or a kill between
+        orbax's commit and the manifest) only the restored arrays can be checked."""
         if restored is not None:
             for item in ("params", "train"):
                 if item in restored and (leaf := nonfinite_leaf(restored[item])):
                     return f"{item}{leaf} holds NaN or Inf"
-        return None
+            return None
+        step_dir = self.directory / str(step)
+        return check_files(step_dir) if (step_dir / MANIFEST_FILE).exists() else None
 
     def restore(self, step: int, abstract_params, abstract_train=None) -> dict[str, Any]:
         """Restore one step onto the shardings of the abstract trees (jax.ShapeDtypeStruct leaves with .sharding),

@@ -356,7 +356,6 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
             stopping = stop.should_stop(sync_point=step % t.log_every == 0)
             if step % ckpt_every == 0 or step == end or stopping:
                 watchdog.beat(f"checkpoint save at step {step}")
-                nonfinite.read()
                 nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # never save a state past a bad step
                 meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
