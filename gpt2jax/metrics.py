@@ -69,28 +69,20 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
 
 
 class NonfiniteTally:
-    """Train steps whose loss or gradient norm was NaN/Inf (the compiled step did not apply their update). The
-    per-step device flags are kept without a host sync and read together at log and checkpoint steps."""
+    """Train steps whose loss or gradient norm was NaN/Inf (the compiled step did not apply their update), fed
+    with the per-step flags when the host reads a call's metrics (no extra sync)."""
 
     def __init__(self):
-        self.pending: list = []
         self.count, self.first = 0, None
 
-    def add(self, step: int, flag) -> None:
-        self.pending.append((step, flag))
-
-    def read(self) -> int:
-        """The number of non-finite steps so far in this process (syncs with the pending steps)."""
-        for step, flag in self.pending:
-            if int(np.asarray(flag.addressable_data(0))):
-                self.count += 1
-                self.first = self.first or step
-        self.pending = []
-        return self.count
+    def update(self, step: int, flag) -> None:
+        if flag:
+            self.count += 1
+            self.first = self.first or step
 
     def check(self, skip: bool, ckpts, lr: float) -> None:
         """Raise TrainingStopped once a step was non-finite, unless bad batches are skipped."""
-        if skip or not self.read():
+        if skip or not self.count:
             return
         from gpt2jax.errors import TrainingStopped
 

@@ -82,6 +82,29 @@ def reference_attention(q, k, v, mask, dropout_fn=None):
     return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)  # (B, T, N, H)
 
 
+def attention_impl(cfg: GPTConfig, dtype, has_mask: bool = False) -> str:
+    """model.attention resolved for this backend and dtype: "auto" picks cuDNN's fused flash attention on a GPU
+    for bf16/fp16 without an explicit mask (training and full forwards; measured on an H200 at 124M, T=1024: a
+    2x faster step than xla and 17 vs 31 GB of temporaries), and XLA's attention elsewhere (CPU, fp32, the
+    masked KV-cache decoder)."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and not has_mask and jax.default_backend() == "gpu" else "xla"
+
+
+def dot_product_attention(cfg: GPTConfig, q, k, v, mask, is_causal: bool):
+    """jax.nn.dot_product_attention with the implementation of `attention_impl`; when auto picked cuDNN and
+    cuDNN refuses these shapes (at trace time), XLA's attention."""
+    impl = attention_impl(cfg, q.dtype, mask is not None)
+    if impl == "cudnn" and cfg.attention == "auto":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):
+            impl = "xla"
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=impl)
+
+
 class CausalSelfAttention(nn.Module):
     cfg: GPTConfig
     deterministic: bool = True
@@ -110,10 +133,7 @@ class CausalSelfAttention(nn.Module):
             full_mask = mask if mask is not None else causal_mask(0, T, k.shape[1])
             y = reference_attention(q, k, v, full_mask, dropout)
         else:
-            y = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=is_causal,
-                implementation=cfg.attention,
-            )  # (B, T, N, H)
+            y = dot_product_attention(cfg, q, k.astype(q.dtype), v.astype(q.dtype), mask, is_causal)  # (B, T, N, H)
         y = y.reshape(B, T, C)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) (two residual adds per block).
         y = _dense(cfg, C, ("heads", "embed"), INIT_STD / math.sqrt(2 * cfg.n_layer), "c_proj")(y)

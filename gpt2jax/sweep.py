@@ -3,6 +3,7 @@
     python -m gpt2jax.sweep experiments/heads.py                 # run (or resume) every variant
     python -m gpt2jax.sweep experiments/heads.py --dry_run       # list the variants and check them, train nothing
     python -m gpt2jax.sweep experiments/scaling.py --set train.max_steps=50   # override a base field for all
+    python -m gpt2jax.sweep experiments/chinchilla.py --parallel 2             # two runs at once
 
 An experiment file defines `get_experiment()` returning an `Experiment`:
     name        the sweep's directory: runs/<name>/<variant>/ for each run, runs/<name>/results.* for the table
@@ -10,11 +11,24 @@ An experiment file defines `get_experiment()` returning an `Experiment`:
     overrides   dotted field -> value, applied to every variant
     grid        dotted field -> list of values; the variants are their cartesian product
     metric      a key of the run's summary.json (dotted), e.g. "final.val_loss"
-    fit         "" or "power_law": fit metric = (N_c / N) ** alpha over the non-embedding parameter count N
-                (Kaplan et al. 2020, eq. 1.5), reported with the table and drawn on the plot.
+    metrics     more summary keys to summarise per variant (e.g. ("loss", "val_loss"))
+    seeds       1 (the base config's seed), a count k (seeds 0..k-1) or a list of seeds: every grid point is
+                trained once per seed (run names "<variant>,seed=<s>")
+    baseline    a variant name: every other variant gets a Welch t-test p-value of its metric against it
+    fit         "" | "power_law": metric = (N_c / N) ** alpha over non-embedding parameters N (Kaplan et al. 2020,
+                eq. 1.5) | "scaling": every fit of gpt2jax.scaling the runs allow | a tuple of gpt2jax.scaling.FITS
+    replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.replicas) when they can;
+                "auto" (default): only where that pays, on GPUs (on this CPU a vmapped step is slower than S
+                separate ones, bench/bench_replicas.py); False: never
+
+Per variant the table gives n, mean, std and the 95% t-interval of the metric over seeds, and with a baseline the
+Welch p-value (gpt2jax.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.compute) is in
+results.csv. Plots carry the 95% intervals as error bars.
 
 Every variant is built and checked (config, data, mesh) before the first one trains, and a finished run
 (summary.json at max_steps) is not trained again, so an interrupted sweep resumes where it stopped.
+`--parallel K` trains up to K jobs (a run, or a variant's replica group) at once as child processes, each with its
+own share of the CPU cores (or its own GPUs), output in runs/<name>/logs/<job>.log, a progress line here.
 """
 from __future__ import annotations
 
@@ -43,14 +57,40 @@ class Experiment:
     grid: dict[str, list]
     metric: str = "final.val_loss"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    fit: str = ""  # "" or "power_law"
+    fit: str | tuple = ""  # "", "power_law", "scaling" or a tuple of gpt2jax.scaling.FITS
     run_root: str = "runs"
+    seeds: int | list = 1
+    baseline: str = ""
+    metrics: tuple = ()
+    replicas: bool | str = "auto"
 
     def __post_init__(self):
-        if self.fit not in ("", "power_law"):
-            raise ConfigError(f"experiment {self.name}: fit={self.fit!r} must be '' or 'power_law'")
+        from gpt2jax.scaling import FITS
+
+        fits = (self.fit,) if isinstance(self.fit, str) else tuple(self.fit)
+        bad = [f for f in fits if f not in ("", "power_law", "scaling", *FITS)]
+        if bad:
+            raise ConfigError(f"experiment {self.name}: fit={bad[0]!r} must be '', 'power_law', 'scaling' or one of "
+                              f"{FITS}")
         if not self.grid:
             raise ConfigError(f"experiment {self.name}: the grid is empty")
+        if isinstance(self.seeds, int) and self.seeds < 1 or not isinstance(self.seeds, int) and not self.seeds:
+            raise ConfigError(f"experiment {self.name}: seeds={self.seeds!r} must be >= 1 or a non-empty list")
+        if self.baseline and self.baseline not in [name for name, _ in variants(self)]:
+            raise ConfigError(f"experiment {self.name}: baseline={self.baseline!r} is not a variant; variants: "
+                              f"{[name for name, _ in variants(self)]}")
+
+    def seed_list(self) -> list[int] | None:
+        """None: one run per variant with the base config's seed."""
+        if isinstance(self.seeds, int):
+            return None if self.seeds == 1 else list(range(self.seeds))
+        return [int(x) for x in self.seeds]
+
+    def scaling_fits(self) -> tuple:
+        from gpt2jax.scaling import FITS
+
+        fits = (self.fit,) if isinstance(self.fit, str) else tuple(self.fit)
+        return FITS if "scaling" in fits else tuple(f for f in fits if f in FITS)
 
 
 def load_py(path: str | Path, function: str):
@@ -100,7 +140,7 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
 
     A grid key with a dot is one field ("model.n_head": [1, 2, 4]). A key without a dot names a bundle of fields
     that change together, each value a dict ("context": [{"data.seq_len": 32, "model.n_positions": 32}, ...]);
-    the variant is named after the bundle's values ("context=32-32-24").
+    the variant is named after the bundle's values ("context=32-32-24"), or its "name" entry when it has one.
     """
     grid = dict(experiment.grid)
     out = []
@@ -112,8 +152,9 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
                 parts.append(f"{key.split('.')[-1]}={value}")
             else:
                 value = dict(value)
+                label = value.pop("name", None)  # a bundle may name itself; "name" is not a config field
                 overrides.update(value)
-                parts.append(f"{key}=" + "-".join(str(v) for v in value.values()))
+                parts.append(f"{key}=" + (label or "-".join(str(v) for v in value.values())))
         out.append((",".join(parts) or "base", overrides))
     return out
 
@@ -122,14 +163,18 @@ def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_colle
     from gpt2jax.train_config import check_train_config
 
     configs = []
+    seeds = experiment.seed_list()
     for name, overrides in variants(experiment):
-        config = load_py(experiment.base, "get_config")
-        for field, value in {**overrides, **extra}.items():
-            set_field(config, field, value)
-        config.name = name
-        config.run_root = str(Path(experiment.run_root) / experiment.name)
-        check_train_config(config)
-        configs.append((name, config))
+        for seed in seeds or [None]:
+            config = load_py(experiment.base, "get_config")
+            for field, value in {**overrides, **extra}.items():
+                set_field(config, field, value)
+            config.name = name if seed is None else f"{name},seed={seed}"
+            if seed is not None:
+                config.seed = seed
+            config.run_root = str(Path(experiment.run_root) / experiment.name)
+            check_train_config(config)
+            configs.append((name, config))
     return configs
 
 
@@ -149,42 +194,106 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict[str, float]:
 
 def non_embedding_params(config) -> int:
     """Parameters outside the token and position embeddings (independent of the vocabulary)."""
+    from gpt2jax.compute import non_embedding_params as count
     from gpt2jax.config import GPTConfig
-    from gpt2jax.model import param_count
 
-    cfg = GPTConfig.from_dict({**config.model.to_dict(), "vocab_size": 1, "padded_vocab_size": 0})
-    return param_count(cfg) - (cfg.vocab_size + cfg.n_positions) * cfg.n_embd
+    return count(GPTConfig.from_dict({**config.model.to_dict(), "vocab_size": 1, "padded_vocab_size": 0}))
+
+
+COMPUTE_COLUMNS = ("params", "tokens", "flops", "wall_s", "mfu")  # from gpt2jax.compute, per run
+STAT_COLUMNS = ("metric_n", "metric_mean", "metric_std", "metric_ci_lo", "metric_ci_hi", "p_vs_baseline")
+
+
+def variant_stats(experiment, rows: list[dict]) -> dict[str, dict]:
+    """Per variant and metric: n, mean, std, 95% interval over seeds, and the Welch p-value against the baseline."""
+    from gpt2jax.stats import summarize, welch_p
+
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    keys = ["metric", *experiment.metrics]
+    values = {v: {k: [r[k] for r in rs if isinstance(r.get(k), (int, float))] for k in keys}
+              for v, rs in by_variant.items()}
+    stats = {}
+    for v in by_variant:
+        stats[v] = {}
+        for k in keys:
+            stats[v][k] = summarize(values[v][k])
+            if experiment.baseline and v != experiment.baseline:
+                stats[v][k]["p_vs_baseline"] = welch_p(values[v][k], values[experiment.baseline][k])
+    return stats
 
 
 def write_results(out_dir: Path, experiment, rows: list[dict]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
+    stats = variant_stats(experiment, rows)
+    for r in rows:  # every run carries its variant's statistics of the metric
+        st = stats[r["variant"]]["metric"]
+        r.update({f"metric_{k}": st[k] for k in ("n", "mean", "std", "ci_lo", "ci_hi")},
+                 p_vs_baseline=st.get("p_vs_baseline"))
     fields = list(rows[0])
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    result: dict[str, Any] = dict(experiment=experiment.name, metric=experiment.metric, rows=rows)
+    result: dict[str, Any] = dict(experiment=experiment.name, metric=experiment.metric, rows=rows, stats=stats,
+                                  baseline=experiment.baseline)
     done = [r for r in rows if isinstance(r["metric"], (int, float))]
-    if experiment.fit == "power_law" and len(done) >= 2:
-        result["fit"] = fit_power_law(np.array([r["non_embedding_params"] for r in done], float),
-                                      np.array([r["metric"] for r in done], float))
+    means = [dict(r, metric=stats[r["variant"]]["metric"]["mean"]) for r in done if r is _first(done, r["variant"])]
+    fits = (experiment.fit,) if isinstance(experiment.fit, str) else tuple(experiment.fit)
+    if "power_law" in fits and len(means) >= 2:
+        result["fit"] = fit_power_law(np.array([r["non_embedding_params"] for r in means], float),
+                                      np.array([r["metric"] for r in means], float))
     lines = [f"# {experiment.name}: {experiment.metric}", "", "| " + " | ".join(fields) + " |",
              "|" + "---|" * len(fields)]
     lines += ["| " + " | ".join(_fmt(r[f]) for f in fields) + " |" for r in rows]
+    lines += ["", *stats_lines(experiment, stats)]
     if "fit" in result:
         lines += ["", f"Power-law fit {experiment.metric} = (N_c / N)^alpha over non-embedding parameters N: "
                       f"alpha = {result['fit']['alpha']:.4f}, N_c = {result['fit']['n_c']:.3g}"]
+    if experiment.scaling_fits():
+        from gpt2jax import scaling
+
+        result["scaling"] = scaling.fit_all(done, "metric", "params", experiment.scaling_fits())
+        (out_dir / "scaling.json").write_text(json.dumps(result["scaling"], indent=1) + "\n")
+        plots = scaling.plot_fits(result["scaling"], done, out_dir, experiment.metric, "params", experiment.name)
+        lines += ["", "Scaling fits (gpt2jax.scaling; N = all parameters, D = tokens, C = training FLOPs):",
+                  *scaling.describe(result["scaling"]), *[f"![{p.stem}]({p.name})" for p in plots]]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    _plot(out_dir / "results.png", experiment, done, result.get("fit"))
+    _plot(out_dir / "results.png", experiment, means, stats, result.get("fit"))
     return result
 
 
+def _first(rows, variant):
+    return next(r for r in rows if r["variant"] == variant)
+
+
+def stats_lines(experiment, stats) -> list[str]:
+    """A markdown table per summarised metric: mean +- std, the 95% interval, and the p-value vs the baseline."""
+    lines = []
+    for key in ["metric", *experiment.metrics]:
+        name = experiment.metric if key == "metric" else key
+        lines += [f"## {name} over seeds" + (f" (Welch t-test against {experiment.baseline})"
+                                             if experiment.baseline else ""), "",
+                  "| variant | n | mean +- std | 95% interval | p vs baseline |", "|---|---|---|---|---|"]
+        for v, st in stats.items():
+            s = st[key]
+            p = s.get("p_vs_baseline")
+            f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+            lines.append(f"| {v} | {s['n']} | {f(s['mean'])} +- {f(s['std'])} | [{f(s['ci_lo'])}, {f(s['ci_hi'])}] "
+                         f"| {'baseline' if v == experiment.baseline else ('-' if p is None else f'{p:.3g}')} |")
+        lines.append("")
+    return lines
+
+
 def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.4g}" if isinstance(v, float) and (abs(v) >= 1e5 or 0 < abs(v) < 1e-3) else (
+        f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
-def _plot(path: Path, experiment, rows: list[dict], fit) -> None:
+def _plot(path: Path, experiment, rows: list[dict], stats: dict, fit) -> None:
+    """One point/bar per variant at its mean; error bars: the 95% interval over seeds."""
     if not rows:
         return
     import matplotlib
@@ -192,48 +301,116 @@ def _plot(path: Path, experiment, rows: list[dict], fit) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    mean = np.array([r["metric"] for r in rows], float)
+    st = [stats[r["variant"]]["metric"] for r in rows]
+    err = np.array([[s["mean"] - s["ci_lo"], s["ci_hi"] - s["mean"]] if s["ci_lo"] is not None else [0.0, 0.0]
+                    for s in st], float).T  # (2, n); no bar for a single seed
     fig, ax = plt.subplots(figsize=(6, 4))
     if fit is not None:
         n = np.array([r["non_embedding_params"] for r in rows], float)
-        ax.loglog(n, [r["metric"] for r in rows], "o", label="runs")
+        ax.errorbar(n, mean, yerr=err, fmt="o", capsize=3, label="runs (mean, 95% interval)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         grid = np.geomspace(n.min(), n.max(), 50)
-        ax.loglog(grid, (fit["n_c"] / grid) ** fit["alpha"], "-", label=f"fit, alpha={fit['alpha']:.3f}")
+        ax.plot(grid, (fit["n_c"] / grid) ** fit["alpha"], "-", label=f"fit, alpha={fit['alpha']:.3f}")
         ax.set_xlabel("non-embedding parameters")
         ax.legend()
     else:
-        ax.bar(range(len(rows)), [r["metric"] for r in rows])
+        ax.bar(range(len(rows)), mean, yerr=err, capsize=4)
         ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel(experiment.metric)
+        lo = np.nanmin(mean - err[0])
+        ax.set_ylim(lo - 0.1 * (np.nanmax(mean + err[1]) - lo + 1e-9), None)
+    ax.set_ylabel(experiment.metric + (" (mean, 95% interval)" if any(s["n"] > 1 for s in st) else ""))
     ax.set_title(experiment.name)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run: bool = False) -> dict:
+def summary_of(config) -> dict:
+    path = Path(config.run_root) / config.name / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def is_finished(config) -> bool:
+    return summary_of(config).get("step") == config.train.max_steps
+
+
+def jobs_of(experiment, configs) -> list[list]:
+    """Runs that train together: the unfinished seeds of one variant as one replica group (when they may),
+    every other run alone. Each job is a list of (variant, config)."""
+    from gpt2jax.parallel import gpu_count
+    from gpt2jax.replicas import replica_key
+
+    # a decision from nvidia-smi, not JAX: the parent of --parallel must not take the GPUs, and must group as its
+    # children do
+    use_replicas = experiment.replicas is True or (experiment.replicas == "auto" and gpu_count() > 0)
+    jobs, groups = [], {}
+    for variant, config in configs:
+        if is_finished(config):
+            continue
+        fresh = not (Path(config.run_root) / config.name / "checkpoints").exists() and not config.init_from
+        if use_replicas and fresh and experiment.seed_list():
+            groups.setdefault((variant, replica_key(config)), []).append((variant, config))
+        else:
+            jobs.append([(variant, config)])
+    return [g for g in groups.values()] + jobs
+
+
+def run_job(job) -> None:
     from gpt2jax.train import train
 
+    if len(job) > 1:
+        from gpt2jax.replicas import train_replicas
+
+        print(f"training {len(job)} seeds of {job[0][0]} as one vmapped program: " + ", ".join(c.name for _, c in job))
+        train_replicas([c for _, c in job])
+    else:
+        print(f"training {job[0][1].name}")
+        train(job[0][1])
+
+
+def job_name(job) -> str:
+    return job[0][1].name if len(job) == 1 else f"{job[0][0]},seeds=" + "-".join(str(c.seed) for _, c in job)
+
+
+def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run: bool = False, parallel: int = 1,
+              only: list[str] | None = None) -> dict:
     experiment = load_py(experiment_file, "get_experiment")
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"{experiment_file}: get_experiment() must return a gpt2jax.sweep.Experiment")
     configs = build_configs(experiment, extra or {})
     out_dir = Path(experiment.run_root) / experiment.name
-    print(f"sweep {experiment.name}: {len(configs)} variants -> {out_dir}")
+    if only is not None:  # a child of --parallel: train these jobs, leave the table to the parent
+        for job in jobs_of(experiment, configs):
+            if job_name(job) in only:
+                run_job(job)
+        return {}
+    print(f"sweep {experiment.name}: {len(configs)} runs -> {out_dir}")
     for name, config in configs:
-        print(f"  {name}: {non_embedding_params(config):,} non-embedding params, {config.train.max_steps} steps")
+        print(f"  {config.name}: {non_embedding_params(config):,} non-embedding params, {config.train.max_steps} steps")
     if dry_run:
         return {}
+    jobs = jobs_of(experiment, configs)
+    done = len(configs) - sum(len(j) for j in jobs)
+    if done:
+        print(f"{done} of {len(configs)} runs already finished")
+    if parallel > 1 and len(jobs) > 1:
+        from gpt2jax.parallel import run_parallel
+
+        run_parallel(experiment_file, extra or {}, [job_name(j) for j in jobs], parallel, out_dir / "logs")
+    else:
+        for i, job in enumerate(jobs):
+            print(f"[job {i + 1}/{len(jobs)}] ", end="")
+            run_job(job)
     rows = []
-    for i, (name, config) in enumerate(configs):
-        summary_path = Path(config.run_root) / name / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        if summary.get("step") != config.train.max_steps:
-            print(f"[{i + 1}/{len(configs)}] training {name}")
-            summary = train(config)
-        else:
-            print(f"[{i + 1}/{len(configs)}] {name} already finished")
-        rows.append(dict(variant=name, non_embedding_params=non_embedding_params(config),
-                         steps=summary.get("step"), metric=lookup(summary, experiment.metric)))
+    for name, config in configs:
+        summary = summary_of(config)
+        row = dict(variant=name, non_embedding_params=non_embedding_params(config), steps=summary.get("step"),
+                   metric=lookup(summary, experiment.metric))
+        row.update({k: lookup(summary, k) for k in experiment.metrics})
+        row.update(seed=config.seed, **{k: summary.get(k) for k in COMPUTE_COLUMNS})
+        rows.append(row)
     result = write_results(out_dir, experiment, rows)
     print((out_dir / "results.md").read_text())
     return result
@@ -246,7 +423,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a training-config field for every variant (repeatable)")
     parser.add_argument("--dry_run", action="store_true", help="list and check the variants, train nothing")
+    parser.add_argument("--parallel", type=int, default=1, metavar="K",
+                        help="train up to K jobs at once as child processes, each on its own share of the CPU cores "
+                             "(or its own GPUs); logs in runs/<experiment>/logs/")
+    parser.add_argument("--only", action="append", default=None, help=argparse.SUPPRESS)  # --parallel's children
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
     extra = {}
     for item in args.set:
         if "=" not in item:
@@ -254,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         field, value = item.split("=", 1)
         extra[field] = parse_value(value)
     try:
-        return run_sweep(args.experiment, extra, args.dry_run)
+        return run_sweep(args.experiment, extra, args.dry_run, args.parallel, args.only)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -4,10 +4,13 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
   1. data: open the prepared train/val splits; the model's vocabulary comes from their tokenizer;
   2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
   3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
-  4. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings;
-  5. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan);
-  6. the loop: log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C stops after the current step
-     with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
+  4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
+     small models one that runs several steps per call (gpt2jax.multistep), compiled from abstract shapes; a
+     step that cannot fit the device's memory stops here (gpt2jax.memory), before any state exists;
+  5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
+  6. the loop (metrics read one call late, so the device never waits for the host): log, evaluate on fixed val
+     batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows and the loss curve is plotted.
 
 `train(config) -> summary dict` is the importable entry point (tests call it directly).
 """
@@ -35,7 +38,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
+from gpt2jax import multistep
+from gpt2jax.compute import compute_summary
+from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
 from gpt2jax.errors import SaveError, run_cli
@@ -43,7 +50,7 @@ from gpt2jax.lock import RunDirLock
 from gpt2jax.model import GPT, count_params, flops_per_token, init_params, mean_loss, token_nll
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, batch_sharding, opt_state_shardings, param_shardings, replicated
-from gpt2jax.signals import StartupInterrupted, StopSignals
+from gpt2jax.signals import StopSignals
 from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
 from gpt2jax.watchdog import Watchdog, injected_sleep
 
@@ -88,6 +95,7 @@ def make_train_step(cfg, tx, schedule, p_shardings):
                        nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
 
+
     return step
 
 
@@ -103,6 +111,62 @@ def make_nll_fn(cfg):
     """(params, inputs (B, T), targets (B, T)) -> per-token NLL (B, T), for evaluation."""
     model = GPT(cfg)
     return lambda params, inputs, targets: token_nll(model.apply({"params": params}, inputs), targets)
+
+
+def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
+                  context=contextlib.nullcontext) -> dict:
+    """The compiled single step ("step") and, for k_steps > 1, the k-steps-per-call scan ("multi", taking
+    (k, A, B, T+1) batches sharded as "multi_batch_sh"). With k_steps > 1 the single step only serves a tail of
+    steps shorter than a call, so it compiles when first called. context() is entered while tracing: e.g.
+    `lambda: activation_context(mesh, rules)`."""
+    step = make_train_step(cfg, tx, schedule, state_sh["params"])
+    rep = replicated(batch_sh.mesh)
+    tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
+    single = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    if k_steps == 1:
+        with context():
+            return dict(step=single.lower(abstract_state, tokens()).compile())
+    multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
+                    out_shardings=(state_sh, rep), donate_argnums=0)
+    with context():
+        compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
+    return dict(multi=compiled, multi_batch_sh=multi_sh,
+                step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+
+
+class TrainLog:
+    """Train records from per-call metrics (each a (k,) array per field), read on the host one call late so that
+    the next call is already queued when the host waits; the records and their steps are those of a step-by-step
+    loop. tokens/s and MFU are measured between host reads."""
+
+    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite):
+        self.logger, self.bar, self.log_every, self.end, self.nonfinite = logger, bar, log_every, end, nonfinite
+        self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
+        self.pending, self.mark, self.mark_step = [], time.time(), start
+
+    def add(self, first_step: int, k: int, metrics: dict) -> None:
+        self.pending.append((first_step, k, metrics))
+
+    def flush(self, keep_last: bool = False) -> None:
+        while len(self.pending) > int(keep_last):
+            first, k, m = self.pending.pop(0)
+            m = {name: np.atleast_1d(np.asarray(host(v), np.float64)) for name, v in m.items()}  # waits
+            now = time.time()
+            tok_s = self.tokens_per_step * (first + k - self.mark_step) / max(now - self.mark, 1e-9)
+            self.mark, self.mark_step = now, first + k
+            flags = m.pop("nonfinite")  # the numerics guard's per-step flags (metrics.NonfiniteTally)
+            for i in range(k):
+                step = first + i + 1
+                self.nonfinite.update(step, flags[i])
+                if step % self.log_every and step != self.end:
+                    continue
+                rec = {name: float(v[i]) for name, v in m.items()}
+                rec["nonfinite_steps"] = self.nonfinite.count
+                self.last["loss"] = rec["loss"]
+                self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
+                                       mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
 
 
 def host(x) -> np.ndarray:
@@ -224,6 +288,7 @@ def train(config, devices=None) -> dict:
 
 def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
     t0 = time.time()
+
     config = config.copy_and_resolve_references()
     t, T = config.train, config.data.seq_len
     check_train_config(config)
@@ -255,8 +320,11 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
                                  async_save=t.async_checkpoint, log=say)
     check_run_dir(config, run_dir, cfg, tokenizer, ckpts)
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if config.init_from and not ckpts.steps():
+        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
 
-    # 4. state, created or restored (the newest checkpoint that verifies) in its shardings
+    # shardings of the state and the batch
     p_sh = param_shardings(cfg, mesh, rules)
     abstract_p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     o_sh = opt_state_shardings(tx, abstract_p, p_sh, mesh)
@@ -267,43 +335,54 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
 
     init_state = functools.partial(initial_state, cfg, tx)
     abstract_state = jax.eval_shape(init_state, config.seed)
-    start, state = restore_state(ckpts, abstract_state, state_sh, t.checkpoint_fallback, say)
-    if state is None:
-        state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
-    else:
-        say(f"resumed {run_dir} at step {start}")
-    stop.check_startup()
-    if lead:
-        write_run_files(config, run_dir, tokenizer, start)
-        metrics_lib.rewind_metrics(run_dir, start)
-    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
 
-    # 5. compile the train and eval steps under the mesh and logical-axis rules
+    # 4. compile the train and eval steps under the mesh and logical-axis rules, from abstract shapes: the
+    #    memory check below stops an impossible fit before any state is allocated
+    n_params = count_params(abstract_p)
+    fpt = flops_per_token(cfg, T)
+    tokens_per_step = t.grad_accum * t.batch_size * T
+    k_steps = multistep.steps_per_call(t, fpt * tokens_per_step)
     t_compile = time.time()
     with activation_context(mesh, rules):
-        step_fn = jax.jit(make_train_step(cfg, tx, schedule, p_sh), in_shardings=(state_sh, batch_sh),
-                          out_shardings=(state_sh, rep), donate_argnums=0)
-        step_fn = step_fn.lower(abstract_state, jax.ShapeDtypeStruct((t.grad_accum, t.batch_size, T + 1),
-                                                                     jnp.int32)).compile()
+        fns = compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps,
+                            (t.grad_accum, t.batch_size, T + 1), lambda: activation_context(mesh, rules))
+        step_fn, multi_fn = fns["step"], fns.get("multi")  # multi_fn: None when one step per call
         nll = make_nll_fn(cfg)
-        eval_fn = jax.jit(lambda p, b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(),
-                          in_shardings=(p_sh, batch_sh), out_shardings=rep)
+        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
+                          in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
         rows_sh = NamedSharding(mesh, b_spec)
         nll_fn = jax.jit(nll, in_shardings=(p_sh, rows_sh, rows_sh), out_shardings=rep)
     compile_s = time.time() - t_compile
+    say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
     stop.check_startup()
-    val_batches = [global_batch(val_loader, i, batch_sh) for i in range(t.eval_batches)]
 
-    def evaluate(params) -> float:
+    # 5. state, created or restored (the newest checkpoint that verifies) in its shardings
+    start, state = restore_state(ckpts, abstract_state, state_sh, t.checkpoint_fallback, say)
+    if state is not None:
+        say(f"resumed {run_dir} at step {start}" + (f" (init_from={config.init_from!r} ignored)" if config.init_from
+                                                     else ""))
+    else:
+        state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+        if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
+            state["params"] = jax.device_put(init[0], p_sh)
+            say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
+    stop.check_startup()
+    if lead:
+        write_run_files(config, run_dir, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(run_dir, init[1])
+        metrics_lib.rewind_metrics(run_dir, start)
+    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
+
+    val_batches = global_batch(val_loader, 0, NamedSharding(mesh, P(None, *batch_sh.spec)), t.eval_batches)
+
+    def evaluate(params) -> float:  # all fixed val batches in one call: (eval_batches,) batch means
         with activation_context(mesh, rules):
-            return float(np.mean([host(eval_fn(params, b)) for b in val_batches]))
+            return float(np.mean(host(eval_fn(params, val_batches))))
 
-    n_params = count_params(abstract_p)
-    fpt = flops_per_token(cfg, T)
     peak = metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops)
-    tokens_per_step = t.grad_accum * t.batch_size * T
     say(f"model {n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {tokens_per_step:,} tokens/step | "
-        f"compile {compile_s:.1f}s | run dir {run_dir}")
+        f"{k_steps} step(s)/call | compile {compile_s:.1f}s | run dir {run_dir}")
 
     # 6. the loop; `step` counts completed updates (= the next batch's index)
     end = t.stop_at or t.max_steps
@@ -311,10 +390,12 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not (
         lead and t.progress))
     last = dict(loss=None, val_loss=None)
-    step, mark, mark_step = start, time.time(), start
+    step = start
+    loop_t0 = time.time()
     nonfinite = metrics_lib.NonfiniteTally()
+    log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite)
     watchdog = stack.enter_context(make_watchdog(t, run_dir))
-    stop.in_loop = True  # from here a signal finishes the step and saves
+    stop.in_loop = True  # from here a signal finishes the call and saves
     try:
         if t.eval_at_start and start == 0:
             watchdog.beat("eval at step 0")
@@ -325,23 +406,19 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
         while step < end and not stopping:
             watchdog.beat(f"train step {step + 1}")
             injected_sleep("step", step + 1)
-            batch = global_batch(train_loader, step, batch_sh)
-            state, m = step_fn(state, batch)
-            step += 1
-            bar.update(1)
-            nonfinite.add(step, m["nonfinite"])
+            k = multistep.call_length(step, end, k_steps)  # k steps in this call (a multiple-of-k start)
+            if k > 1:
+                state, m = multi_fn(state, global_batch(train_loader, step, fns["multi_batch_sh"], k))
+            else:
+                state, m = step_fn(state, global_batch(train_loader, step, batch_sh))
+            log.add(step, k, m)  # read on the host one call later: the device never waits for the host
+            step += k
+            bar.update(k)
             ckpts.check()  # a background save that failed stops the run here, in one message
-            if step % t.log_every == 0 or step == end:
-                m = {k: float(host(v)) for k, v in m.items() if k != "nonfinite"}
-                now = time.time()
-                tok_s = tokens_per_step * (step - mark_step) / max(now - mark, 1e-9)
-                mark, mark_step = now, step
-                last["loss"] = m["loss"]
-                u = metrics_lib.mfu(fpt, tok_s, peak)
-                logger.write(dict(kind="train", step=step, **m, nonfinite_steps=nonfinite.read(), tokens_per_s=tok_s,
-                                  mfu=u, elapsed_s=now - t0))
-                bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)
+            boundary = step % t.eval_every == 0 or step == t.max_steps or step % ckpt_every == 0 or step == end
+            stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
+            log.flush(keep_last=not (boundary or stopping))
+            nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # at boundaries: nothing non-finite is saved
             val_loss = None
             if step % t.eval_every == 0 or step == t.max_steps:
                 watchdog.beat(f"eval at step {step}")
@@ -353,15 +430,18 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
                 text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
                 if text is not None:
                     say("  sample: " + text.replace("\n", "\n  | "))
-            stopping = stop.should_stop(sync_point=step % t.log_every == 0)
             if step % ckpt_every == 0 or step == end or stopping:
                 watchdog.beat(f"checkpoint save at step {step}")
-                nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # never save a state past a bad step
                 meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
         watchdog.beat(f"checkpoint wait at step {step}")
         ckpts.wait()
     finally:
+        try:
+            log.flush(keep_last=False)
+        except Exception:  # noqa: BLE001 - only while another error propagates
+            pass
+        loop_s = time.time() - loop_t0
         bar.close()
         watchdog.stop()
         try:
@@ -385,7 +465,8 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
                    stopped_early=step < t.max_steps, stopped_by=stop.requested,
                    nonfinite_steps=nonfinite.count, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
-                   final=final, compile_s=compile_s, wall_s=time.time() - t0)
+                   final=final, compile_s=compile_s)
+    summary.update(compute_summary(cfg, T, tokens_per_step, step, step - start, loop_s, time.time() - t0, peak))
     if lead:
         if t.plot:
             metrics_lib.plot_losses(run_dir)

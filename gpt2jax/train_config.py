@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "run"
     c.run_root = "runs"
     c.seed = 0
+    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.init_from); "" = random
+    c.init_from = ""
 
     c.model = GPTConfig().to_dict()
     c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size, filled in from the data
@@ -46,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
         stop_at=0,  # > 0: stop after this step with a checkpoint, as if interrupted (schedule still uses max_steps)
         batch_size=8,  # rows per micro-batch over all devices
         grad_accum=1,  # micro-batches per optimizer step (summed inside the jitted step)
+        steps_per_call=0,  # optimizer steps per compiled call (lax.scan over steps); 0: auto (several for tiny models)
         log_every=10,
         eval_every=100,  # also checkpoints, samples and keeps the best checkpoint at these steps
         eval_batches=20,  # fixed validation batches per periodic eval

@@ -2,12 +2,19 @@
 # Create ./.venv and install gpt2jax into it. Idempotent: a second run only checks.
 #   bash scripts/setup.sh          runtime dependencies (requirements.txt)
 #   bash scripts/setup.sh --test   plus the test-only references (torch CPU build, transformers, pytest)
+#   bash scripts/setup.sh --gpu    runtime dependencies with jax's CUDA 12 plugin (the `cuda` extra; NVIDIA machines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 reqs=requirements.txt
-[ "${1:-}" = "--test" ] && reqs=requirements-test.txt
-stamp=.venv/.installed-$(basename "$reqs" .txt)-$(sha256sum "$reqs" requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+extra=""
+case "${1:-}" in
+  --test) reqs=requirements-test.txt ;;
+  --gpu) extra="[cuda]" ;;
+  "") ;;
+  *) echo "[setup] unknown option ${1}; use --test, --gpu or nothing" >&2; exit 2 ;;
+esac
+stamp=.venv/.installed-$(basename "$reqs" .txt)${extra:+-cuda}-$(sha256sum "$reqs" requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
@@ -15,6 +22,13 @@ fi
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing $reqs into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --disable-pip-version-check -q -r "$reqs"
-  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
+  if [ -n "$extra" ]; then  # the plugin and its pip CUDA/cuDNN libraries, pinned to the same jax
+    .venv/bin/python -m pip install --disable-pip-version-check -q -e ".$extra"
+  else
+    .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
+  fi
   touch "$stamp"
+fi
+if [ -n "$extra" ]; then
+  .venv/bin/python -c "import jax; d = jax.devices(); print(f'[setup] jax {jax.__version__} sees {len(d)} {d[0].platform} device(s)')"
 fi

@@ -33,3 +33,11 @@ def char_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("char_data")
     prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], out, tokenizer="char")
     return out
+
+
+@pytest.fixture
+def full_precision_matmuls():
+    """Parity tests compare float32 against float64 or PyTorch: GPU float32 matmuls default to reduced-precision
+    (TF32-class) passes, so these tests pin full precision (a no-op on CPU)."""
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -13,6 +13,8 @@ from gpt2jax.generate import (
 from gpt2jax.model import GPT, init_params
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer
 
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
+
 # Tiny random GPT-2: padded vocabulary (100 real tokens, 128 rows) so the -inf rows are exercised too.
 CFG = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=100, padded_vocab_size=128)
 PROMPTS = [[5, 17, 42], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [77]]  # different lengths -> left padding

@@ -15,6 +15,8 @@ from gpt2jax.config import GPT2_PRESETS, GPTConfig  # noqa: E402
 from gpt2jax.hf import CheckpointError, export_hf, load_hf  # noqa: E402
 from gpt2jax.model import GPT, init_params, mean_loss  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
+
 TINY_HF = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=50257)
 SIZES = ["tiny", "gpt2"] + [pytest.param(name, marks=pytest.mark.slow) for name in
                             ("gpt2-medium", "gpt2-large", "gpt2-xl")]

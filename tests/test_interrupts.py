@@ -140,17 +140,17 @@ def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path, cach
 
 
 def test_watchdog_reports_a_hung_step_and_exits_so_the_rerun_resumes(char_data, tmp_path, cache):
-    """Acceptance 5: step 7 sleeps 60 s; the watchdog (3 s) names the phase, dumps all stacks and exits 75; the
-    rerun resumes from the step-4 checkpoint and finishes."""
+    """Acceptance 5: the call starting at step 5 sleeps 60 s; the watchdog (3 s) names the phase, dumps all stacks
+    and exits 75; the rerun resumes from the step-4 checkpoint and finishes."""
     extra = ["--config.train.max_steps=12", "--config.train.eval_every=100000", "--config.train.checkpoint_every=4",
              "--config.train.watchdog_timeout_s=3", "--config.train.watchdog_exit=True", f"--config.train."
              f"compilation_cache_dir={cache}"]
-    proc = start(argv(char_data, tmp_path, *extra), {"GPT2JAX_FAULT_SLEEP": "step:7:60"})
+    proc = start(argv(char_data, tmp_path, *extra), {"GPT2JAX_FAULT_SLEEP": "step:5:60"})
     out = finish(proc, timeout=150)
     assert proc.returncode == 75, out[-3000:]
-    assert "watchdog: process 0" in out and "stuck in 'train step 7'" in out
+    assert "watchdog: process 0" in out and "stuck in 'train step 5'" in out
     assert "--- thread MainThread ---" in out and "injected_sleep" in out
-    assert "stuck in 'train step 7'" in (tmp_path / "run" / "watchdog.0.txt").read_text()
+    assert "stuck in 'train step 5'" in (tmp_path / "run" / "watchdog.0.txt").read_text()
     rerun = finish(start(argv(char_data, tmp_path, *extra)))
     assert "resumed" in rerun and "at step 4" in rerun, rerun[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 12

@@ -7,6 +7,8 @@ import pytest
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
 from gpt2jax.model import GPT, init_cache, init_params, logical_axes, mean_loss, param_count
 
+pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
+
 OFFICIAL_PARAM_COUNTS = {  # the released checkpoints' sizes (tied head, 50257-token vocabulary)
     "gpt2": 124_439_808,
     "gpt2-medium": 354_823_168,

@@ -50,6 +50,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_all(procs, timeout_s: int, what: str) -> list[str]:
+    """Outputs of processes that must all exit 0 within timeout_s (a missing peer aborts, never raises)."""
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout_s)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"{what} did not finish in {timeout_s}s")
+    for pid, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {pid} exited with {p.returncode}:\n{out[-3000:]}"
+    return outputs
+
+
 def test_two_processes_match_one_process(tmp_path):
     data = tmp_path / "data"
     prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], data, tokenizer="char")
@@ -61,16 +76,7 @@ def test_two_processes_match_one_process(tmp_path):
                                str(REPO / "configs" / "tiny_test.py"), str(data), str(tmp_path / "two"), *OVERRIDES],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
              for pid in range(2)]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"2-process training did not finish in {TIMEOUT_S}s")
-    for pid, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"process {pid} exited with {p.returncode}:\n{out[-3000:]}"
+    outputs = wait_all(procs, TIMEOUT_S, "2-process training")
 
     one = train(config(data, tmp_path / "one"))  # this process: 8 devices (conftest)
     two = [json.loads(line.split(" ", 1)[1]) for out in outputs for line in out.splitlines()

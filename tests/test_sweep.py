@@ -71,3 +71,59 @@ def test_bad_field_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config field 'model.n_heads'"):
         run_sweep(str(exp_file))
     assert not (tmp_path / "tiny_heads").exists()
+
+
+SEEDS_EXPERIMENT = '''
+from gpt2jax.sweep import Experiment
+
+def get_experiment():
+    return Experiment(
+        name="tiny_seeds",
+        base="{base}",
+        overrides={{"data.dir": "{data}", "train.max_steps": 4, "train.eval_every": 4, "train.log_every": 2,
+                    "optim.warmup_steps": 1, "train.async_checkpoint": False}},
+        grid={{"optim.lr": [3e-3, 1e-2]}},
+        seeds=3,
+        replicas=True,  # on CPU the default "auto" trains seeds one by one
+        baseline="lr=0.003",
+        metrics=("loss",),
+        run_root="{root}",
+        metric="val_loss",
+    )
+'''
+
+
+def test_seeds_sweep_in_parallel_gives_statistics_and_resumes(tmp_path, capsys, char_data):
+    """Issue 11, acceptances 1 and 5 in small: 2 variants x 3 seeds, each variant's seeds one vmapped program, the
+    two programs in two child processes; mean, std, 95% interval and Welch p against the baseline; resumable."""
+    from gpt2jax.stats import summarize, welch_p
+    from gpt2jax.sweep import main
+
+    exp_file = tmp_path / "exp.py"
+    exp_file.write_text(SEEDS_EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=char_data,
+                                                root=tmp_path / "runs"))
+    result = main([str(exp_file), "--parallel", "2"])
+    out = tmp_path / "runs" / "tiny_seeds"
+    printed = capsys.readouterr().out
+    assert "parallel: 2 jobs, 2 at once" in printed and "[2/2 done, 0 running" in printed
+    for log in ("lr=0.003,seeds=0-1-2.log", "lr=0.01,seeds=0-1-2.log"):
+        assert "as one vmapped program" in (out / "logs" / log).read_text()
+    rows = result["rows"]
+    assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in ("lr=0.003", "lr=0.01") for s in range(3)]
+    assert all(r["tokens"] == 4 * 8 * 32 and r["flops"] > 0 and r["params"] > 0 for r in rows)
+    base = [r["metric"] for r in rows[:3]]
+    other = [r["metric"] for r in rows[3:]]
+    assert len(set(base)) == 3  # seeds differ
+    st = result["stats"]["lr=0.01"]["metric"]
+    assert st == {**summarize(other), "p_vs_baseline": welch_p(other, base)}
+    assert result["stats"]["lr=0.003"]["loss"]["n"] == 3
+    md = (out / "results.md").read_text()
+    assert "| lr=0.01 | 3 | " in md and f"{st['p_vs_baseline']:.3g}" in md and "| lr=0.003 | 3 |" in md
+    assert "metric_ci_lo" in (out / "results.csv").read_text().splitlines()[0]
+    assert (out / "results.png").stat().st_size > 0
+    for r in rows:
+        summary = json.loads((out / f"{r['variant']},seed={r['seed']}" / "summary.json").read_text())
+        assert summary["replicas"] == 3 and summary["mfu"] is not None
+    again = main([str(exp_file), "--parallel", "2"])
+    assert "6 of 6 runs already finished" in capsys.readouterr().out
+    assert again["stats"] == result["stats"]

@@ -50,18 +50,29 @@ class Loader:
         return shard, phase + (w - int(self.first_window[shard])) * self.seq_len
 
     def windows(self, ids: np.ndarray) -> np.ndarray:
-        """Window numbers (any shape) -> tokens (*ids.shape, seq_len + 1) int32."""
-        flat = ids.reshape(-1)
+        """Window numbers (any shape) -> tokens (*ids.shape, seq_len + 1) int32 (vectorized `locate`)."""
+        flat = np.asarray(ids, np.int64).reshape(-1)
+        epochs, i = np.divmod(flat, self.n_windows)
+        w, phase = np.empty_like(flat), np.empty_like(flat)
+        for e in np.unique(epochs):
+            order, phase_e = epoch_order(self.seed, int(e), self.n_windows, self.seq_len)
+            sel = epochs == e
+            w[sel], phase[sel] = order[i[sel]], phase_e
+        shard = np.searchsorted(self.first_window, w, side="right") - 1
+        start = phase + (w - self.first_window[shard]) * self.seq_len  # (n,)
         out = np.empty((flat.size, self.seq_len + 1), np.int32)
-        for n, g in enumerate(flat):
-            shard, start = self.locate(g)
-            out[n] = self.split.shards[shard][start:start + self.seq_len + 1]
-        return out.reshape(*ids.shape, self.seq_len + 1)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.split.shards[s][start[sel][:, None] + np.arange(self.seq_len + 1)]
+        return out.reshape(*np.shape(ids), self.seq_len + 1)
 
-    def rows(self, step: int, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of every micro-batch of `step`: (grad_accum, hi - lo, seq_len + 1) int32."""
-        micro = step * self.grad_accum + np.arange(self.grad_accum)[:, None]  # (A, 1)
-        return self.windows(micro * self.batch_size + np.arange(lo, hi)[None, :])
+    def rows(self, step: int, lo: int, hi: int, n_steps: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of every micro-batch of `step`: (grad_accum, hi - lo, seq_len + 1) int32; with
+        n_steps, of steps step .. step + n_steps - 1: (n_steps, grad_accum, hi - lo, seq_len + 1)."""
+        steps = step + np.arange(n_steps or 1)[:, None, None]  # (K, 1, 1)
+        micro = steps * self.grad_accum + np.arange(self.grad_accum)[None, :, None]  # (K, A, 1)
+        out = self.windows(micro * self.batch_size + np.arange(lo, hi)[None, None, :])
+        return out if n_steps else out[0]
 
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
         """This process's equal, contiguous share of the global batch of `step`."""
@@ -85,8 +96,11 @@ def local_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...], a
     return lo, hi
 
 
-def global_batch(loader: Loader, step: int, sharding: jax.sharding.Sharding) -> jax.Array:
-    """The (grad_accum, batch_size, seq_len + 1) global batch of `step`; each process reads only its own rows."""
+def global_batch(loader: Loader, step: int, sharding: jax.sharding.Sharding, n_steps: int | None = None) -> jax.Array:
+    """The (grad_accum, batch_size, seq_len + 1) global batch of `step` (with n_steps: the batches of n_steps
+    consecutive steps, (n_steps, grad_accum, batch_size, seq_len + 1)); each process reads only its own rows."""
     shape = (loader.grad_accum, loader.batch_size, loader.seq_len + 1)
-    lo, hi = local_rows(sharding, shape)
-    return jax.make_array_from_process_local_data(sharding, loader.rows(step, lo, hi), shape)
+    if n_steps:
+        shape = (n_steps, *shape)
+    lo, hi = local_rows(sharding, shape, axis=len(shape) - 2)
+    return jax.make_array_from_process_local_data(sharding, loader.rows(step, lo, hi, n_steps), shape)

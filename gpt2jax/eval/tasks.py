@@ -2,7 +2,7 @@
 numbers printed beside ours (GPT-2 paper Table 3; lm-evaluation-harness runs of the released weights).
 
 Data lookup, in order, for each data file: an explicit `--path KEY=FILE` (must exist: a typo is an error, not a
-silent skip), the copy shipped in `data/eval/`, `<data_dir>/<relpath>`, `<cache_dir>/<relpath>`, and with
+silent skip), the copy shipped in `data/eval/` (inside the package when installed: `gpt2jax.shipped`), `<data_dir>/<relpath>`, `<cache_dir>/<relpath>`, and with
 `--download` the official source fetched into the cache. When none works the task's rows say
 "data not available: <how to get it>" and the rest of the suite runs.
 """
@@ -18,10 +18,21 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_DIR = REPO_ROOT / "data" / "eval"
-DEFAULT_DATA_DIR = Path(os.environ.get("GPT2JAX_EVAL_DATA", REPO_ROOT.parent / "shared" / "data"))
+from gpt2jax.shipped import shipped_path
+
+SHIPPED_DIR = shipped_path("eval")  # data/eval in the checkout, gpt2jax/shipped/eval in an installed wheel
 DEFAULT_CACHE_DIR = Path(os.environ.get("GPT2JAX_CACHE", Path.home() / ".cache" / "gpt2jax")) / "eval"
+
+
+def _default_data_dir() -> Path:
+    """$GPT2JAX_EVAL_DATA, else `../shared/data` beside a checkout, else the download cache."""
+    if "GPT2JAX_EVAL_DATA" in os.environ:
+        return Path(os.environ["GPT2JAX_EVAL_DATA"])
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout.parent / "shared" / "data" if (checkout / "pyproject.toml").is_file() else DEFAULT_CACHE_DIR
+
+
+DEFAULT_DATA_DIR = _default_data_dir()
 
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 

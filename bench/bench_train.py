@@ -1,0 +1,430 @@
+"""Training and scoring throughput: gpt2jax vs a PyTorch reference (bench/torch_gpt2.py), side by side.
+
+    python bench/bench_train.py                          # CPU: char, 124m, score, full (~15 min on 2 cores)
+    python bench/bench_train.py --only char,124m         # pick parts
+    python bench/bench_train.py --only gpu               # GPU: 124M T=1024 bf16 at batch 16 and 32, 355M
+
+Parts (ours = gpt2jax's own training step as `gpt2jax.train` compiles it, several steps per call where its
+auto rule picks that; reference = bench/torch_gpt2.py, nanoGPT's model and loop):
+  char   the char baby GPT (4L/4H/128, B12 x T64, fp32): step time; torch at each --torch_threads count
+  124m   GPT-2 124M at B4 x T256, fp32: step time
+  score  the zero-shot suite's forward (gpt2jax.eval.scoring.Scorer: NLL + greedy flags) at 124M, T=1024, vs
+         transformers' GPT2LMHeadModel forward + log_softmax + gather + argmax, what lm-eval's `hf` backend runs
+  full   configs/shakespeare_char.py end to end (2000 steps, evals of 200 val batches every 250 steps, samples,
+         checkpoints, the final sliding-window eval): wall time of `gpt2jax.train` vs the reference doing the
+         same schedule with nanoGPT's loop
+  gpu    (CUDA only) 124M T=1024 bf16 at batch 16 and 32 and 355M at batch 16: ours with model.attention=auto
+         vs torch.compile + bf16 autocast + flash SDPA + fused AdamW
+
+Both sides train the same shapes from the same initial weights (gpt2jax's init copied into torch) on the same
+random batches with the same AdamW hyper-parameters. After a warm-up call each, the two alternate, --repeats
+times; the statistic is the median. MFU = (6 N + 12 L T C) tokens/s / peak (N: parameters without position
+embeddings; forward-only scoring uses a third of that); the peak is the measured float32 matmul FLOP/s of this
+CPU (`gpt2jax.metrics.measure_cpu_flops`) or the bf16 datasheet number of the GPU. Memory: ours is what the
+compiled step needs (`compiled.memory_analysis()`), torch's is its allocator peak on GPU and the growth of the
+process's peak RSS on CPU. Writes <out_dir>/train.json and train.md and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from gpt2jax import metrics as metrics_lib  # noqa: E402
+from gpt2jax import multistep  # noqa: E402
+from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
+from gpt2jax.memory import StepMemory  # noqa: E402
+from gpt2jax.model import flops_per_token, param_count  # noqa: E402
+from gpt2jax.optim import make_optimizer  # noqa: E402
+from gpt2jax.sharding import activation_context, make_mesh, opt_state_shardings, param_shardings, replicated  # noqa: E402
+from gpt2jax.train import compile_steps, initial_state, parse_config  # noqa: E402
+
+PARTS = ("char", "124m", "score", "full", "gpu")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="", help=f"comma-separated parts of {PARTS}; default: char,124m,score,full on "
+                                              "CPU, gpu on a GPU")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side, alternating; median (default 3)")
+    p.add_argument("--char_steps", type=int, default=60, help="steps per timed char run (default 60)")
+    p.add_argument("--big_steps", type=int, default=1, help="steps per timed 124m run (default 1)")
+    p.add_argument("--gpu_steps", type=int, default=10, help="steps per timed gpu run (default 10)")
+    p.add_argument("--full_steps", type=int, default=0, help="override max_steps of the full run (0: the config's)")
+    p.add_argument("--torch_threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}),
+                   help="torch intra-op threads for the CPU parts; each is measured, the fastest is the reference "
+                        "(on a shared machine one thread can beat two)")
+    p.add_argument("--toy", action="store_true", help="tiny shapes everywhere (to try the script, not to measure)")
+    p.add_argument("--out_dir", default=str(REPO / "bench" / "results"), help="where train.{json,md} go")
+    return p
+
+
+# ---- measurement helpers -----------------------------------------------------------------------------------
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRSS:
+    """Growth of the process's peak resident memory while a block runs (the peak is reset first)."""
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self.before = rss_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.growth = max(0, rss_bytes("VmHWM") - self.before)
+
+
+def median_ms(times, n_steps) -> float:
+    return 1e3 * statistics.median(times) / n_steps
+
+
+def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list]:
+    """sides: name -> fn() (runs and blocks). Alternates them `repeats` times (order flipped every repeat)."""
+    runs, loads = {n: [] for n in sides}, []
+    names = list(sides)
+    for r in range(repeats):
+        loads.append(load())
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            sides[name]()
+            runs[name].append(time.perf_counter() - t)
+        print(f"  {label} run {r + 1}/{repeats} (load {loads[-1]}): "
+              + ", ".join(f"{n} {v[-1]:.3f}s" for n, v in runs.items()), flush=True)
+    return runs, loads
+
+
+# ---- the two trainers on random batches --------------------------------------------------------------------
+
+def optim_config(**kw):
+    c = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).optim
+    c.update(**kw)
+    return c
+
+
+class OursTrainer:
+    """gpt2jax's compiled step(s) on one device, exactly as gpt2jax.train builds them (compile_steps)."""
+
+    def __init__(self, cfg: GPTConfig, optim, batch: int, seq_len: int, max_steps: int, steps_per_call: int = 0):
+        self.cfg, self.B, self.T = cfg, batch, seq_len
+        mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+        self.mesh = mesh
+        tx, schedule = make_optimizer(optim, cfg, max_steps)
+        p_sh = param_shardings(cfg, mesh)
+        abstract = jax.eval_shape(lambda: initial_state(cfg, tx, 0))
+        state_sh = dict(params=p_sh, opt_state=opt_state_shardings(tx, abstract["params"], p_sh, mesh),
+                        step=replicated(mesh), rng=replicated(mesh))
+        cadence = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).train
+        cadence.steps_per_call = steps_per_call  # the auto rule as a run with eval_every 250 resolves it
+        self.k = multistep.steps_per_call(cadence, flops_per_token(cfg, seq_len) * batch * seq_len)
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        batch_sh = NamedSharding(mesh, P(None, "data", None))
+        t0 = time.perf_counter()
+        self.fns = compile_steps(cfg, tx, schedule, state_sh, abstract, batch_sh, self.k, (1, batch, seq_len + 1),
+                                 lambda: activation_context(mesh, ()))
+        self.compile_s = time.perf_counter() - t0
+        self.memory = StepMemory.of(self.fns.get("multi") or self.fns["step"])
+        self.state = jax.jit(lambda: initial_state(cfg, tx, 0), out_shardings=state_sh)()
+        self.rng = np.random.default_rng(0)
+
+    def params(self):
+        return jax.tree.map(np.asarray, self.state["params"])
+
+    def run(self, n_steps: int):
+        """n_steps steps (rounded up to whole calls) on fresh random batches; blocks at the end only."""
+        done, m = 0, None
+        while done < n_steps:
+            k = self.k if n_steps - done >= self.k else 1
+            shape = (k, 1, self.B, self.T + 1) if k > 1 else (1, self.B, self.T + 1)
+            tokens = self.rng.integers(0, self.cfg.vocab_size, shape, dtype=np.int32)
+            fn = self.fns["multi"] if k > 1 else self.fns["step"]
+            self.state, m = fn(self.state, tokens)
+            done += k
+        jax.block_until_ready(m)
+        return np.asarray(m["loss"])
+
+
+class TorchSide:
+    def __init__(self, cfg: GPTConfig, params, optim, batch, seq_len, max_steps, device="cpu", gpu=False):
+        import torch
+
+        import torch_gpt2
+
+        self.torch, self.B, self.T, self.V, self.device = torch, batch, seq_len, cfg.vocab_size, device
+        model = torch_gpt2.from_gpt2jax_config(cfg)
+        if params is not None:
+            torch_gpt2.load_gpt2jax_params(model, params)
+        if gpu:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.trainer = torch_gpt2.Trainer(model, optim, max_steps, device=device, compile=gpu, bf16=gpu)
+        self.rng = np.random.default_rng(0)
+
+    def run(self, n_steps: int):
+        loss = None
+        for _ in range(n_steps):
+            tokens = self.rng.integers(0, self.V, (1, self.B, self.T + 1))
+            loss = self.trainer.step(self.torch.from_numpy(tokens).to(self.device, non_blocking=True))
+        return float(loss)
+
+
+# ---- parts ---------------------------------------------------------------------------------------------------
+
+def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False, optim=None):
+    """Step time of ours vs torch (at each thread count on CPU) for one shape; returns a result row."""
+    import torch
+
+    optim = optim or optim_config()
+    print(f"[{name}] {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd} B{batch}xT{seq_len} {cfg.dtype} "
+          f"({param_count(cfg) / 1e6:.1f}M params); load {load()}", flush=True)
+    with PeakRSS() as ours_mem:
+        ours = OursTrainer(cfg, optim, batch, seq_len, max_steps=10_000)
+        ours.run(max(n_steps, ours.k))  # warm-up
+    print(f"  ours: compile {ours.compile_s:.1f}s, {ours.k} step(s)/call", flush=True)
+    cuda = gpu and torch.cuda.is_available()  # gpu without CUDA: --toy on a CPU, to try the script
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    n_steps = -(-n_steps // ours.k) * ours.k  # whole calls
+    sides, first_s, torch_mem = {"gpt2jax": lambda: ours.run(n_steps)}, {}, {}
+    for th in threads:
+        torch.set_num_threads(th)
+        with PeakRSS() as mem:
+            ref = TorchSide(cfg, ours.params(), optim, batch, seq_len, 10_000, "cuda" if cuda else "cpu", cuda)
+            t = time.perf_counter()
+            ref.run(1)  # warm-up (torch.compile on GPU)
+            first_s[th] = time.perf_counter() - t
+            ref.run(1)
+        torch_mem[th] = torch.cuda.max_memory_allocated() if cuda else mem.growth
+
+        def run_ref(ref=ref, th=th):
+            torch.set_num_threads(th)
+            ref.run(n_steps)
+            if cuda:
+                torch.cuda.synchronize()
+        sides[f"torch_{th}t"] = run_ref
+    runs, loads = alternate(sides, args.repeats, name)
+    ms = {n: median_ms(v, n_steps) for n, v in runs.items()}
+    best = min((n for n in ms if n != "gpt2jax"), key=ms.get)
+    tokens = batch * seq_len
+    fpt = flops_per_token(cfg, seq_len)
+    ours_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use") if cuda else ours_mem.growth
+    row = dict(part=name, shape=f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd} B{batch}xT{seq_len} {cfg.dtype}",
+               ours_step_ms=ms["gpt2jax"], ref_step_ms=ms[best], ref=best,
+               ours_tok_s=tokens / ms["gpt2jax"] * 1e3, ref_tok_s=tokens / ms[best] * 1e3,
+               ratio=ms[best] / ms["gpt2jax"],
+               ours_mfu=fpt * tokens / ms["gpt2jax"] * 1e3 / peak, ref_mfu=fpt * tokens / ms[best] * 1e3 / peak,
+               ours_compile_s=ours.compile_s, ref_first_step_s=first_s[int(best.split("_")[1][:-1])],
+               ours_step_memory_gib=ours.memory.total / 2**30 if ours.memory else None,
+               ours_peak_gib=(ours_peak or 0) / 2**30, ref_peak_gib=torch_mem[int(best.split("_")[1][:-1])] / 2**30,
+               steps_per_call=ours.k, all_ms=ms, loads=loads)
+    del ours
+    return row
+
+
+def score_part(args, peak, threads):
+    """Scorer (gpt2jax.eval.scoring) vs transformers' forward at 124M, T=1024, batch 1 (lm-eval's default)."""
+    import torch
+    import transformers
+
+    from gpt2jax.eval.scoring import Scorer
+    from gpt2jax.hf import export_hf
+    from gpt2jax.model import init_params
+
+    cfg = GPTConfig.preset("gpt2") if not args.toy else GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=128)
+    T = cfg.n_positions
+    print(f"[score] {cfg.n_layer}L/{cfg.n_embd} forward, B1xT{T}; load {load()}", flush=True)
+    params = jax.device_get(init_params(cfg, jax.random.key(0)))
+    scorer = Scorer(cfg, params, batch_size=1, mesh=make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = transformers.GPT2LMHeadModel.from_pretrained(export_hf(cfg, params, tmp)).eval()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (1, T + 1)).astype(np.int32)
+    inputs, targets = x[:, :-1], x[:, 1:]
+    t = time.perf_counter()
+    ours_out = scorer(inputs, targets)
+    compile_s = time.perf_counter() - t
+
+    def run_hf(th):
+        def run():
+            torch.set_num_threads(th)
+            with torch.inference_mode():
+                logits = hf(torch.from_numpy(inputs.astype(np.int64))).logits  # (1, T, V)
+                logp = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+                tgt = torch.from_numpy(targets.astype(np.int64))
+                nll = -logp.gather(-1, tgt[..., None])[..., 0]
+                greedy = logits.argmax(-1) == tgt
+            return nll.numpy(), greedy.numpy()
+        return run
+
+    sides = {"gpt2jax": lambda: scorer(inputs, targets), **{f"transformers_{th}t": run_hf(th) for th in threads}}
+    ref_nll = run_hf(threads[-1])()[0]
+    runs, loads = alternate(sides, args.repeats, "score")
+    ms = {n: median_ms(v, 1) for n, v in runs.items()}
+    best = min((n for n in ms if n != "gpt2jax"), key=ms.get)
+    fwd = flops_per_token(cfg, T) / 3
+    return dict(part="score", shape=f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd} B1xT{T} float32 forward",
+                ours_step_ms=ms["gpt2jax"], ref_step_ms=ms[best], ref=best, ours_tok_s=T / ms["gpt2jax"] * 1e3,
+                ref_tok_s=T / ms[best] * 1e3, ratio=ms[best] / ms["gpt2jax"],
+                ours_mfu=fwd * T / ms["gpt2jax"] * 1e3 / peak, ref_mfu=fwd * T / ms[best] * 1e3 / peak,
+                ours_compile_s=compile_s, max_abs_nll_diff=float(np.abs(ours_out["nll"] - ref_nll).max()),
+                all_ms=ms, loads=loads)
+
+
+def full_part(args, threads):
+    """configs/shakespeare_char.py end to end, ours (gpt2jax.train) vs the reference loop (full_reference_run)."""
+    import torch
+
+    from torch_gpt2 import full_reference_run
+    from gpt2jax.data import prepare as prep
+    from gpt2jax.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], data, tokenizer="char")
+        config = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")])
+        config.data.dir, config.run_root = str(data), str(Path(tmp) / "runs")
+        config.train.progress = False
+        if args.full_steps:
+            config.train.update(max_steps=args.full_steps, eval_every=max(1, args.full_steps // 4))
+            config.optim.update(decay_steps=args.full_steps, warmup_steps=min(100, args.full_steps // 2))
+        if args.toy:
+            config.train.eval_batches = 10
+        th = threads[0]
+        torch.set_num_threads(th)
+        print(f"[full] {config.name}: {config.train.max_steps} steps, eval every {config.train.eval_every} "
+              f"({config.train.eval_batches} batches), torch {th} thread(s); load {load()}", flush=True)
+        load_ref = load()
+        ref = full_reference_run(config, data, Path(tmp) / "ref_run")
+        print(f"  reference: {ref['wall_s']:.1f}s, val loss {ref['val_loss']:.4f}", flush=True)
+        load_ours = load()
+        t = time.perf_counter()
+        ours = train(config, devices=jax.devices()[:1])
+        ours_s = time.perf_counter() - t
+        print(f"  gpt2jax: {ours_s:.1f}s, val loss {ours['val_loss']:.4f}", flush=True)
+    return dict(part="full", shape=f"configs/shakespeare_char.py, {config.train.max_steps} steps incl. evals",
+                ours_wall_s=ours_s, ref_wall_s=ref["wall_s"], ratio=ref["wall_s"] / ours_s,
+                ours_val_loss=ours["val_loss"], ref_val_loss=ref["val_loss"],
+                ours_final_val_loss=(ours["final"] or {}).get("val_loss"), ref_final_val_loss=ref["final_val_loss"],
+                ours_compile_s=ours["compile_s"], ref=f"torch_{th}t", loads=[load_ours, load_ref])
+
+
+# ---- main ----------------------------------------------------------------------------------------------------
+
+def shapes(args):
+    if args.toy:
+        return dict(char=(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=65), 4, 32),
+                    big=(GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=512), 2, 64),
+                    gpu=[(GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=512,
+                                    dtype="bfloat16", attention="auto"), b, 64) for b in (2, 4)])
+    gpt2 = dict(n_positions=1024, padded_vocab_size=GPT2_PADDED_VOCAB_SIZE)
+    return dict(char=(GPTConfig(n_layer=4, n_head=4, n_embd=128, n_positions=64, vocab_size=65), 12, 64),
+                big=(GPTConfig.preset("gpt2", **gpt2), 4, 256),
+                gpu=[(GPTConfig.preset("gpt2", **gpt2, dtype="bfloat16", attention="auto"), 16, 1024),
+                     (GPTConfig.preset("gpt2", **gpt2, dtype="bfloat16", attention="auto"), 32, 1024),
+                     (GPTConfig.preset("gpt2-medium", **gpt2, dtype="bfloat16", attention="auto"), 16, 1024)])
+
+
+def table(rows) -> str:
+    lines = ["| part | shape | gpt2jax | reference | ratio (ours/ref speed) | MFU ours / ref | compile s ours | "
+             "memory ours / ref | load |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["part"] == "full":
+            lines.append(f"| full | {r['shape']} | {r['ours_wall_s']:.1f} s (val {r['ours_val_loss']:.3f}) | "
+                         f"{r['ref_wall_s']:.1f} s (val {r['ref_val_loss']:.3f}, {r['ref']}) | {r['ratio']:.2f}x | | "
+                         f"{r['ours_compile_s']:.1f} | | {', '.join(r['loads'])} |")
+            continue
+        mem = ""
+        if r.get("ours_step_memory_gib") is not None:
+            mem = (f"{r['ours_step_memory_gib']:.2f} GiB compiled need, {r['ours_peak_gib']:.2f} GiB peak / "
+                   f"{r['ref_peak_gib']:.2f} GiB peak")
+        unit = "ms/call" if r["part"] == "score" else "ms/step"
+        lines.append(f"| {r['part']} | {r['shape']} | {r['ours_step_ms']:.1f} {unit}, {r['ours_tok_s']:,.0f} tok/s | "
+                     f"{r['ref_step_ms']:.1f} {unit}, {r['ref_tok_s']:,.0f} tok/s ({r['ref']}) | {r['ratio']:.2f}x | "
+                     f"{100 * r['ours_mfu']:.1f}% / {100 * r['ref_mfu']:.1f}% | {r['ours_compile_s']:.1f} | {mem} | "
+                     f"{', '.join(r['loads'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    gpu = jax.devices()[0].platform == "gpu"
+    parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:4])) if p]
+    bad = sorted(set(parts) - set(PARTS))
+    if bad or args.repeats < 1:
+        raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats < 1")
+    if "gpu" in parts and not gpu and not args.toy:
+        raise SystemExit("error: --only gpu needs a CUDA device (or --toy to try it); jax sees "
+                         + jax.devices()[0].platform)
+    import torch
+
+    devices = list(jax.devices()[:1])
+    peak = metrics_lib.peak_flops(devices)
+    meta = dict(device=devices[0].device_kind, platform=devices[0].platform, cpu_count=os.cpu_count(),
+                machine=platform.processor() or platform.machine(), jax=jax.__version__, torch=torch.__version__,
+                peak_flops=peak, peak_source="measured fp32 matmul (gpt2jax.metrics.measure_cpu_flops)"
+                if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
+                mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
+                statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
+                command="python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(json.dumps(meta), flush=True)
+    sh, rows = shapes(args), []
+    threads = args.torch_threads
+    if "char" in parts:
+        cfg, b, t = sh["char"]
+        rows.append(step_part("char", cfg, b, t, args.char_steps, args, peak, threads))
+        best = rows[-1]["ref"]
+        threads_full = [int(best.split("_")[1][:-1])]
+    else:
+        threads_full = [max(threads)]
+    if "124m" in parts:
+        cfg, b, t = sh["big"]
+        rows.append(step_part("124m", cfg, b, t, args.big_steps, args, peak, [max(threads)]))
+    if "score" in parts:
+        rows.append(score_part(args, peak, threads))
+    if "full" in parts:
+        rows.append(full_part(args, threads_full))
+    if "gpu" in parts:
+        for cfg, b, t in sh["gpu"]:
+            rows.append(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak,
+                                  [1], gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95)))
+    text = table(rows)
+    print("\n" + text)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "train_gpu" if "gpu" in parts else "train"
+    (out / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str) + "\n")
+    (out / f"{stem}.md").write_text(f"# Training throughput: gpt2jax vs the PyTorch reference\n\n`{meta['command']}`"
+                                    f"\n\n{json.dumps(meta)}\n\n{text}\n")
+    print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
