@@ -340,7 +340,10 @@ class Checkpoints:
     def wait(self) -> None:
         """Block until the last save is committed and its manifest written; raises its SaveError."""
         if self._pending is not None:
-            self._pending.join()
+            # short joins: a signal delivered to another thread (XLA's, orbax's) does not interrupt a blocking
+            # join, and the main thread must stay responsive to a second SIGTERM/SIGINT (gpt2jax.signals)
+            while self._pending.is_alive():
+                self._pending.join(timeout=0.1)
             self._pending = None
         self.check()
 

@@ -151,6 +151,6 @@ def test_watchdog_reports_a_hung_step_and_exits_so_the_rerun_resumes(char_data, 
     assert "watchdog: process 0" in out and "stuck in 'train step 5'" in out
     assert "--- thread MainThread ---" in out and "injected_sleep" in out
     assert "stuck in 'train step 5'" in (tmp_path / "run" / "watchdog.0.txt").read_text()
-    rerun = finish(start(argv(char_data, tmp_path, *extra)))
+    rerun = finish(start(argv(char_data, tmp_path, *extra[:3], f"--config.train.compilation_cache_dir={cache}")))
     assert "resumed" in rerun and "at step 4" in rerun, rerun[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 12
