@@ -1,39 +1,61 @@
-"""Checkpoints of a training run (orbax-checkpoint) and loading a run's weights for evaluation and sampling.
+"""Checkpoints of a training run (orbax-checkpoint), verified against a manifest, and loading a run's weights.
 
 A run directory `runs/<name>/` holds:
     config.json       the resolved training config (model.vocab_size filled in from the data)
     tokenizer.json    the data's tokenizer (`tokenizer.to_dict()`)
     metrics.jsonl     one JSON record per log / eval step (see gpt2jax.metrics)
-    checkpoints/<step>/{params, train, meta}
+    checkpoints/<step>/{params, train, meta, manifest.gpt2jax.json}
                       params: the model parameters; train: optimizer state, step counter, RNG key;
-                      meta (JSON): step, data position, model shape and tokenizer fingerprint.
+                      meta (JSON): step, data position, model shape and tokenizer fingerprint;
+                      the manifest: size and CRC-32 of every other file of the step, and its val loss.
 
-Saves are asynchronous (the copy off the devices blocks, the write does not). Kept: the newest `keep`
-checkpoints plus the one with the lowest validation loss. Nothing here deletes a checkpoint except orbax's
-retention of older steps during a run's own saves.
+Saves are asynchronous (the copy off the devices blocks, the write does not). Orbax keeps no checksums, so once
+a save has committed a background thread checksums its files and writes the manifest (atomically): the manifest
+is the commit marker. Every restore checks the files against it and refuses non-finite arrays; a bad step is
+named (step and file) and the newest good one is used instead, unless fallback is off. Kept: the newest `keep`
+verified checkpoints plus the verified one with the lowest finite validation loss; older steps are deleted only
+after a newer manifest is written, so the last good checkpoint is never rotated away. Steps that fail
+verification when a run resumes are moved to `rejected_checkpoints/`, never deleted.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.errors import SaveError
 from gpt2jax.tokenizer import tokenizer_from_dict
+from gpt2jax.watchdog import injected_sleep
 
 CHECKPOINT_DIR = "checkpoints"
+REJECTED_DIR = "rejected_checkpoints"
+MANIFEST_FILE = "manifest.gpt2jax.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Fields that fix parameter shapes: a checkpoint made with other values cannot be loaded into this model.
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "padded_vocab_size")
+CHUNK = 1 << 22  # bytes read at a time when checksumming
 
 
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked. The message names the problem and the fix."""
+
+
+class CorruptCheckpointError(RunDirError):
+    """A checkpoint whose files do not match its manifest, cannot be read, or hold non-finite numbers."""
 
 
 # orbax splits the writing of a replicated array across its replicas, slicing it with one small jit per shape;
@@ -43,65 +65,295 @@ MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 def configure_orbax() -> None:
     """Quiet orbax's per-save absl logging and keep small arrays out of replica-parallel writes."""
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)  # failures reach the user as one message, not a log
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
         override=True)
 
 
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- manifests -------------------------------------------------------------------------------------------------
+
+def step_numbers(directory: Path) -> list[int]:
+    """Committed step directories (integer names; orbax's temporary *.orbax-checkpoint-tmp* ones are not)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def file_digests(step_dir: Path) -> dict[str, list]:
+    """{relative path: [size, crc32]} of every file of a step except the manifest."""
+    out = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_FILE:
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    crc = zlib.crc32(chunk, crc)
+            out[str(path.relative_to(step_dir))] = [path.stat().st_size, crc]
+    return out
+
+
+def write_manifest(step_dir: Path, step: int, val_loss: float | None) -> float:
+    """Checksum the step's files and write the manifest atomically; returns the seconds it took."""
+    t = time.perf_counter()
+    record = dict(step=step, val_loss=val_loss if val_loss is not None and math.isfinite(val_loss) else None,
+                  files=file_digests(step_dir))
+    tmp = step_dir / (MANIFEST_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / MANIFEST_FILE)
+    return time.perf_counter() - t
+
+
+def read_manifest(step_dir: Path) -> dict | None:
+    try:
+        return json.loads((step_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_files(step_dir: Path) -> str | None:
+    """None if every file matches the manifest, else what is wrong, naming the file."""
+    manifest = read_manifest(step_dir)
+    if manifest is None:
+        state = "unreadable" if (step_dir / MANIFEST_FILE).exists() else "missing"
+        return f"its manifest {MANIFEST_FILE} is {state} (the save did not complete)"
+    for rel, (size, crc) in manifest["files"].items():
+        path = step_dir / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
+        actual = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                actual = zlib.crc32(chunk, actual)
+        if actual != crc:
+            return f"{rel} fails its checksum (corrupted on disk)"
+    return None
+
+
+def nonfinite_leaf(tree) -> str | None:
+    """The path of the first floating-point leaf holding NaN or Inf, or None (one compiled reduction; works on
+    sharded and multi-process arrays)."""
+    leaves = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    flags = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in leaves])
+    for (name, _), ok in zip(leaves, flags):
+        if not bool(ok.addressable_data(0)):
+            return name
+    return None
+
+
+# ---- the checkpoints of one run --------------------------------------------------------------------------------
+
 class Checkpoints:
-    """The checkpoints of one run directory."""
+    """The checkpoints of one run directory: verified listing and restore with fallback; asynchronous saves whose
+    manifest is written in the background once orbax has committed them."""
 
     def __init__(self, run_dir: str | Path, keep: int = 3, keep_best: bool = True, async_save: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, log: Callable[[str], None] = None):
         configure_orbax()
-        self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
-        if read_only:
-            options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-        else:
-            policies = [ocp.checkpoint_managers.LatestN(n=keep)]
-            if keep_best:  # reverse=True sorts by descending loss, so BestN keeps the lowest one
-                policies.append(ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
-            options = ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-                best_fn=lambda m: m["val_loss"], best_mode="min", enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.run_dir = Path(run_dir).absolute()
+        self.directory = self.run_dir / CHECKPOINT_DIR
+        self.keep, self.keep_best, self.read_only, self.log = keep, keep_best, read_only, log or warn
+        self.lead = jax.process_index() == 0
+        self._writer = None
+        self._async = async_save
+        self._pending: threading.Thread | None = None
+        self._error: SaveError | None = None
+        self.last_saved: int | None = None  # newest step whose manifest this process wrote (or found)
+        self.manifest_seconds: list[float] = []
+
+    # -- listing
+    def steps(self) -> list[int]:
+        return step_numbers(self.directory)
+
+    def verified_steps(self) -> list[int]:
+        """Steps with a manifest (their files are checked when restored)."""
+        return [s for s in self.steps() if (self.directory / str(s) / MANIFEST_FILE).is_file()]
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.verified_steps() or self.steps()  # a run dir from before manifests: orbax's committed steps
+        return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        losses = {s: (read_manifest(self.directory / str(s)) or {}).get("val_loss") for s in self.verified_steps()}
+        finite = {s: v for s, v in losses.items() if v is not None and math.isfinite(v)}
+        return min(finite, key=lambda s: (finite[s], -s)) if finite else None
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return self.steps()
 
-    def save(self, step: int, params, train_state, meta: dict, val_loss: float | None = None) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train_state),
-                                    meta=ocp.args.JsonSave(meta)),
-            metrics=None if val_loss is None else {"val_loss": float(val_loss)},
-            force=True,
-        )
+    # -- reading
+    def _item(self, step: int, **items):
+        handler = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        return handler.restore(self.directory / str(step), args=ocp.args.Composite(**items))
 
     def meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self._item(step, meta=ocp.args.JsonRestore())["meta"]
+
+    def problem(self, step: int, restored: dict | None = None) -> str | None:
+        """What is wrong with a step (naming the file), or None: its files against the manifest, or, given the
+        restored trees, their finiteness. Without a manifest (a run dir from before manifests, or a kill between
+        orbax's commit and the manifest) only the restored arrays can be checked."""
+        if restored is not None:
+            for item in ("params", "train"):
+                if item in restored and (leaf := nonfinite_leaf(restored[item])):
+                    return f"{item}{leaf} holds NaN or Inf"
+            return None
+        step_dir = self.directory / str(step)
+        return check_files(step_dir) if (step_dir / MANIFEST_FILE).exists() else None
 
     def restore(self, step: int, abstract_params, abstract_train=None) -> dict[str, Any]:
-        """Restore onto the shardings of the abstract trees (jax.ShapeDtypeStruct leaves with .sharding)."""
-        items = dict(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
-        if abstract_train is not None:
-            items["train"] = ocp.args.StandardRestore(abstract_train)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return {k: restored[k] for k in items}
+        """Restore one step onto the shardings of the abstract trees (jax.ShapeDtypeStruct leaves with .sharding),
+        after checking its files; raises CorruptCheckpointError naming the step and the file."""
+        bad = self.problem(step)
+        if bad is None:
+            items = dict(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
+            if abstract_train is not None:
+                items["train"] = ocp.args.StandardRestore(abstract_train)
+            try:
+                restored = self._item(step, **items)
+                restored = {k: restored[k] for k in items}
+            except Exception as e:  # orbax / tensorstore / JSON errors of a damaged step
+                bad = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            else:
+                bad = self.problem(step, restored)
+        if bad:
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {bad}")
+        return restored
+
+    def candidates(self, which: str = "latest") -> list[int]:
+        """Steps to try, best first: the newest verified ones (or the best, then the newest), then unverified ones."""
+        verified = self.verified_steps()[::-1]
+        if which == "best" and (best := self.best_step()) is not None:
+            verified = [best] + [s for s in verified if s != best]
+        return verified + [s for s in self.steps()[::-1] if s not in verified]
+
+    def restore_good(self, abstract_params, abstract_train=None, which: str = "latest", fallback: bool = True,
+                     below: int | None = None) -> tuple[int | None, dict | None, list[tuple[int, str]]]:
+        """-> (step, restored, [(rejected step, why)]): the newest (or best) step that verifies and restores.
+        With fallback=False a bad first choice raises instead. `below`: only steps < below (a tighter retry)."""
+        rejected = []
+        for step in self.candidates(which):
+            if below is not None and step >= below:
+                continue
+            try:
+                return step, self.restore(step, abstract_params, abstract_train), rejected
+            except CorruptCheckpointError as e:
+                if not fallback:
+                    raise CorruptCheckpointError(
+                        f"{e}. Fallback to an older checkpoint is off (train.checkpoint_fallback=False): move the "
+                        f"step aside or turn the fallback on") from None
+                self.log(f"warning: {e}; trying an older checkpoint")
+                rejected.append((step, str(e)))
+        return None, None, rejected
+
+    def reject(self, steps: list[int]) -> None:
+        """Move steps aside to rejected_checkpoints/ (process 0), so they are neither resumed from nor overwritten."""
+        if not self.lead or not steps:
+            return
+        target = self.run_dir / REJECTED_DIR
+        target.mkdir(exist_ok=True)
+        for step in steps:
+            dest = target / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(self.directory / str(step), dest)
+            self.log(f"moved unusable checkpoint step {step} to {dest}")
+
+    # -- writing
+    def _checkpointer(self):
+        if self._writer is None:
+            handler = ocp.CompositeCheckpointHandler()
+            self._writer = ocp.AsyncCheckpointer(handler) if self._async else ocp.Checkpointer(handler)
+        return self._writer
+
+    def check(self) -> None:
+        """Raise the SaveError of a background save that failed (once)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _save_failed(self, step: int, error: BaseException) -> SaveError:
+        previous = self.last_saved if self.last_saved is not None else self.latest_step()
+        intact = (f"the previous checkpoint, step {previous}, is intact" if previous is not None
+                  else "no earlier checkpoint exists")
+        return SaveError(f"saving the checkpoint of step {step} to {self.directory} failed: "
+                         f"{type(error).__name__}: {error}; {intact}. Free disk space or fix permissions, then rerun "
+                         "to resume from it")
+
+    def save(self, step: int, params, train_state, meta: dict, val_loss: float | None = None) -> None:
+        """Start saving a step (returns once the arrays are off the devices); raises SaveError for this save or
+        for an earlier one that failed in the background."""
+        self.wait()
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train_state),
+                                  meta=ocp.args.JsonSave(meta))
+        if self.lead:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._checkpointer().save(self.directory / str(step), args=args)
+        except Exception as e:
+            raise self._save_failed(step, e) from None
+        self._pending = threading.Thread(target=self._commit, args=(step, val_loss), name=f"commit-{step}",
+                                         daemon=True)
+        self._pending.start()
+        if not self._async:
+            self.wait()
+
+    def _commit(self, step: int, val_loss: float | None) -> None:
+        """Background: wait for orbax's commit, then (process 0) write the manifest and apply retention."""
+        try:
+            writer = self._checkpointer()
+            if self._async:
+                writer.wait_until_finished()
+                writer.check_for_errors()
+            injected_sleep("commit", step)
+            if self.lead:
+                step_dir = self.directory / str(step)
+                if not step_dir.is_dir():
+                    raise OSError(f"{step_dir} was not created")
+                self.manifest_seconds.append(write_manifest(step_dir, step, val_loss))
+                self.last_saved = step
+                self._apply_retention(step)
+            else:
+                self.last_saved = step
+        except Exception as e:
+            self._error = self._save_failed(step, e)
+
+    def _apply_retention(self, newest: int) -> None:
+        """Keep the newest `keep` verified steps and the best one; delete older steps (never newer ones, and
+        never the step just written)."""
+        verified = [s for s in self.verified_steps() if s <= newest]
+        keep = set(verified[-self.keep:]) | {newest}
+        if self.keep_best and (best := self.best_step()) is not None:
+            keep.add(best)
+        for step in self.steps():
+            if step < newest and step not in keep:
+                shutil.rmtree(self.directory / str(step), ignore_errors=True)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the last save is committed and its manifest written; raises its SaveError."""
+        if self._pending is not None:
+            # short joins: a signal delivered to another thread (XLA's, orbax's) does not interrupt a blocking
+            # join, and the main thread must stay responsive to a second SIGTERM/SIGINT (gpt2jax.signals)
+            while self._pending.is_alive():
+                self._pending.join(timeout=0.1)
+            self._pending = None
+        self.check()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
 
 
 def checkpoint_meta(step: int, cfg: GPTConfig, tokenizer, seed: int, windows_per_step: int) -> dict:
@@ -130,32 +382,46 @@ def check_compatible(run_dir: Path, saved: dict, cfg: GPTConfig, tokenizer) -> N
         )
 
 
-def load_run(run_dir: str | Path, which: str = "latest") -> tuple[GPTConfig, Any, Any]:
-    """(GPTConfig, params, tokenizer) of a training run: the latest (or best) checkpoint's parameters, restored
-    on the default device, and the tokenizer its data used."""
+def load_run(run_dir: str | Path, which: str = "latest", fallback: bool = True,
+             log: Callable[[str], None] = None) -> tuple[GPTConfig, Any, Any]:
+    """(GPTConfig, params, tokenizer) of a training run: the latest (or best) checkpoint that verifies, restored
+    on the default device, and the tokenizer its data used. A damaged step is named and an older one used."""
     run_dir = Path(run_dir)
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     if not (run_dir / CHECKPOINT_DIR).is_dir():
         raise RunDirError(f"{run_dir} is not a training run directory (no {CHECKPOINT_DIR}/ inside)")
-    ckpts = Checkpoints(run_dir, read_only=True)
-    step = ckpts.latest_step() if which == "latest" else ckpts.best_step()
-    if step is None:
-        raise RunDirError(f"{run_dir / CHECKPOINT_DIR} holds no complete checkpoint; train first "
-                          "(an interrupted first save leaves only a *.orbax-checkpoint-tmp directory)")
-    meta = ckpts.meta(step)
-    cfg = GPTConfig.from_dict(meta["model"])
     tokenizer_path = run_dir / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise RunDirError(f"{tokenizer_path} is missing; it is written at the start of every training run")
-    tokenizer = tokenizer_from_dict(json.loads(tokenizer_path.read_text()))
-    if tokenizer.fingerprint != meta["tokenizer_fingerprint"]:
-        raise RunDirError(f"{tokenizer_path} ({tokenizer.fingerprint}) does not match the checkpoint's tokenizer "
-                          f"({meta['tokenizer_fingerprint']})")
+    try:
+        tokenizer = tokenizer_from_dict(json.loads(tokenizer_path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{tokenizer_path} is unreadable ({e}); copy it from the run's data directory") from None
     from gpt2jax.model import abstract_params
 
+    log = log or warn
+    ckpts = Checkpoints(run_dir, read_only=True, log=log)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params(cfg))
-    params = ckpts.restore(step, target)["params"]
-    ckpts.close()
-    return cfg, params, tokenizer
+    for step in ckpts.candidates(which):
+        try:
+            try:
+                meta = ckpts.meta(step)
+                cfg = GPTConfig.from_dict(meta["model"])
+            except Exception as e:  # a damaged meta item
+                raise CorruptCheckpointError(f"checkpoint step {step} in {ckpts.directory} is unusable: "
+                                             + (ckpts.problem(step) or f"its meta cannot be read ({e})")) from None
+            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                  abstract_params(cfg))
+            params = ckpts.restore(step, target)["params"]
+        except CorruptCheckpointError as e:
+            if not fallback:
+                raise
+            log(f"warning: {e}; trying an older checkpoint")
+            continue
+        if tokenizer.fingerprint != meta["tokenizer_fingerprint"]:
+            raise RunDirError(f"{tokenizer_path} ({tokenizer.fingerprint}) does not match the checkpoint's "
+                              f"tokenizer ({meta['tokenizer_fingerprint']})")
+        return cfg, params, tokenizer
+    raise RunDirError(f"{run_dir / CHECKPOINT_DIR} holds no usable checkpoint; train first (an interrupted first "
+                      "save leaves only a *.orbax-checkpoint-tmp directory)")

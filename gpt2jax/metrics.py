@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -58,8 +59,42 @@ def peak_flops(devices, override: float = 0.0) -> float | None:
     return None  # unknown accelerator: MFU is left out unless --config.train.peak_flops is given
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), inf instead of an OverflowError for a loss above ~709 nats (and nan for nan)."""
+    return math.exp(loss) if loss < 700 else (math.inf if loss == loss else loss)
+
+
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float | None:
     return None if not peak else flops_per_token * tokens_per_s / peak
+
+
+class NonfiniteTally:
+    """Train steps whose loss or gradient norm was NaN/Inf (the compiled step did not apply their update), fed
+    with the per-step flags when the host reads a call's metrics (no extra sync)."""
+
+    def __init__(self):
+        self.count, self.first = 0, None
+
+    def update(self, step: int, flag) -> None:
+        if flag:
+            self.count += 1
+            self.first = self.first or step
+
+    def check(self, skip: bool, ckpts, lr: float) -> None:
+        """Raise TrainingStopped once a step was non-finite, unless bad batches are skipped."""
+        if skip or not self.count:
+            return
+        from gpt2jax.errors import TrainingStopped
+
+        ckpts.wait()
+        last = ckpts.last_saved if ckpts.last_saved is not None else ckpts.latest_step()
+        kept = f"the last checkpoint, step {last}, holds the last good state" if last is not None else \
+            "no checkpoint was saved before it"
+        raise TrainingStopped(
+            f"the loss or gradient norm became NaN/Inf at step {self.first} ({self.count} such step(s) so far); "
+            f"those updates were not applied and nothing after step {self.first - 1} was saved; {kept}. Lower "
+            f"optim.lr (now {lr:g}) or check the data, or pass --config.train.skip_nonfinite=True to skip such "
+            "batches and continue")
 
 
 class MetricsLogger:
@@ -91,22 +126,45 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl. A torn line (a process killed while writing it) is skipped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record and "kind" in record:
+            records.append(record)
+    return records
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def rewind_metrics(run_dir: Path, step: int) -> int:
-    """Before resuming at `step`: move records of later steps (logged after the checkpoint the run resumes
-    from) to metrics.rewound.jsonl, so metrics.jsonl reads as one uninterrupted run. Returns how many moved."""
+    """Before (re)starting at `step`: move records of later steps (logged after the checkpoint the run resumes
+    from, or by a run that stopped before its first checkpoint when step is 0) to metrics.rewound.jsonl, so
+    metrics.jsonl reads as one uninterrupted run with no step twice. Torn lines are dropped. Returns how many
+    records moved. The rewrite is atomic: a kill during it leaves the old or the new file."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
     records = read_metrics(run_dir)
-    # a "final" record at the resume step belongs to the run's end and is redone when it ends again
-    later = [r for r in records if r["step"] > step or (r["kind"] == "final" and r["step"] >= step)]
+    # a "final" record at the resume step belongs to the run's end and is redone when it ends again; from step 0
+    # everything is redone (an eval at step 0 included)
+    later = [r for r in records if r["step"] > step or (r["kind"] == "final" and r["step"] >= step) or step == 0]
+    kept = "".join(json.dumps(r) + "\n" for r in records if r not in later)
     if later:
         with open(Path(run_dir) / "metrics.rewound.jsonl", "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in later)
-        (Path(run_dir) / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records if r not in later))
+    if later or path.read_text(errors="replace") != kept:
+        _write_atomically(path, kept)
     return len(later)
 
 

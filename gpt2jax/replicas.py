@@ -99,7 +99,8 @@ def train_replicas(configs, devices=None) -> list[dict]:
         if step % t.eval_every == 0 or step == t.max_steps:
             val = evaluate(state["params"])
             for i, logger in enumerate(loggers):
-                logger.write(dict(kind="eval", step=step, val_loss=float(val[i]), val_ppl=math.exp(val[i])))
+                logger.write(dict(kind="eval", step=step, val_loss=float(val[i]),
+                                  val_ppl=metrics_lib.perplexity(float(val[i]))))
     jax.block_until_ready(state)
     loop_s = time.time() - loop_t0
     peak = metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops)

@@ -17,10 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpt2jax.config import ConfigError
 from gpt2jax.generate import GenerationError, Sampling, generate_text_ids, prepare_prompts, prompt_ids
-from gpt2jax.hf import CheckpointError
-from gpt2jax.tokenizer import TokenizerError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +55,10 @@ def read_prompt(args) -> str:
     path = Path(args.prompt_file).expanduser()
     if not path.is_file():
         raise GenerationError(f"--prompt_file {path} does not exist")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationError(f"--prompt_file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def check_args(args) -> Sampling:
@@ -69,6 +69,9 @@ def check_args(args) -> Sampling:
         raise GenerationError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise GenerationError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.out and (Path(args.out).is_dir() or any(p.exists() and not p.is_dir() for p in Path(args.out).parents)):
+        raise GenerationError(f"--out {args.out} cannot be written (it is a directory, or a parent is a file); "
+                              "give a JSON file path")
     return sampling
 
 
@@ -131,8 +134,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (GenerationError, ConfigError, CheckpointError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from gpt2jax.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -98,12 +98,19 @@ def load_py(path: str | Path, function: str):
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist")
+    if path.suffix != ".py":
+        raise ConfigError(f"{path} is not a Python file (.py)")
     spec = importlib.util.spec_from_file_location(f"_gpt2jax_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, function):
-        raise ConfigError(f"{path} defines no {function}()")
-    return getattr(module, function)()
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, function):
+            raise ConfigError(f"{path} defines no {function}()")
+        return getattr(module, function)()
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's file: one line naming it (SyntaxError gives the line number)
+        raise ConfigError(f"{path} cannot be loaded: {type(e).__name__}: {e}") from None
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
@@ -115,7 +122,10 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
         node = node[key]
     if leaf not in node:
         raise ConfigError(f"unknown config field {dotted!r}; fields of that section: {sorted(node.keys())}")
-    node[leaf] = value  # ConfigDict checks the type
+    try:
+        node[leaf] = value  # ConfigDict checks the type
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{dotted}={value!r}: {e}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -435,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     # Re-enter through the package so experiment files and this runner share one `Experiment` class.
+    from gpt2jax.errors import run_cli
     from gpt2jax.sweep import main as package_main
 
-    package_main()
+    sys.exit(run_cli(package_main))

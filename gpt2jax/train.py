@@ -10,17 +10,22 @@ The loop, in order (everything that can be wrong about the inputs is checked bef
   5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
      --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
   6. the loop (metrics read one call late, so the device never waits for the host): log, evaluate on fixed val
-     batches, sample, checkpoint; Ctrl-C stops after the current call with a checkpoint; then the whole val split is scored with sliding windows and the loss curve is plotted.
+     batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows and the loss curve is plotted.
 
 `train(config) -> summary dict` is the importable entry point (tests call it directly).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # SIGTERM/SIGINT while the libraries below import: nothing started, exit quietly
+    import os as _os
+    import signal as _signal
+
+    for _sig in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(_sig, lambda signum, frame: _os._exit(0))
+
 import contextlib
 import functools
 import json
-import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -40,10 +45,14 @@ from gpt2jax.compute import compute_summary
 from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import DataError, open_split
+from gpt2jax.errors import SaveError, run_cli
+from gpt2jax.lock import RunDirLock
 from gpt2jax.model import GPT, flops_per_token, init_params, mean_loss, param_count, token_nll
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, batch_sharding, opt_state_shardings, param_shardings, replicated
+from gpt2jax.signals import StopSignals
 from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
+from gpt2jax.watchdog import Watchdog, injected_sleep
 
 
 # ---- the compiled functions ---------------------------------------------------------------------------------
@@ -74,10 +83,18 @@ def make_train_step(cfg, tx, schedule, p_shardings):
         (grad_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0)), (batch, jnp.arange(n_micro)))
         grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = dict(params=optax.apply_updates(params, updates), opt_state=opt_state,
-                         step=state["step"] + 1, rng=state["rng"])
-        metrics = dict(loss=loss_sum / n_micro, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        loss, grad_norm = loss_sum / n_micro, optax.global_norm(grads)
+        # numerics guard: a NaN/Inf loss or gradient leaves params and optimizer state as they were (the batch
+        # still counts as consumed); the host reads the flag with the other metrics, no extra sync
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_bad = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = dict(params=keep_if_bad(optax.apply_updates(params, updates), params),
+                         opt_state=keep_if_bad(opt_state, state["opt_state"]), step=state["step"] + 1,
+                         rng=state["rng"])
+        metrics = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
+                       nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
+
 
     return step
 
@@ -123,32 +140,33 @@ class TrainLog:
     the next call is already queued when the host waits; the records and their steps are those of a step-by-step
     loop. tokens/s and MFU are measured between host reads."""
 
-    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last):
-        self.logger, self.bar, self.log_every, self.end = logger, bar, log_every, end
+    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite):
+        self.logger, self.bar, self.log_every, self.end, self.nonfinite = logger, bar, log_every, end, nonfinite
         self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
         self.pending, self.mark, self.mark_step = [], time.time(), start
 
     def add(self, first_step: int, k: int, metrics: dict) -> None:
         self.pending.append((first_step, k, metrics))
 
-    def flush(self, keep_last: bool = False, check: bool = True) -> None:
+    def flush(self, keep_last: bool = False) -> None:
         while len(self.pending) > int(keep_last):
             first, k, m = self.pending.pop(0)
             m = {name: np.atleast_1d(np.asarray(host(v), np.float64)) for name, v in m.items()}  # waits
             now = time.time()
             tok_s = self.tokens_per_step * (first + k - self.mark_step) / max(now - self.mark, 1e-9)
             self.mark, self.mark_step = now, first + k
+            flags = m.pop("nonfinite")  # the numerics guard's per-step flags (metrics.NonfiniteTally)
             for i in range(k):
                 step = first + i + 1
+                self.nonfinite.update(step, flags[i])
                 if step % self.log_every and step != self.end:
                     continue
                 rec = {name: float(v[i]) for name, v in m.items()}
+                rec["nonfinite_steps"] = self.nonfinite.count
                 self.last["loss"] = rec["loss"]
                 self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
                                        mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                if check and not math.isfinite(rec["loss"]):
-                    raise FloatingPointError(f"loss became {rec['loss']} at step {step}; lower optim.lr or check data")
 
 
 def host(x) -> np.ndarray:
@@ -167,19 +185,49 @@ def open_data(config):
     return train_split, val_split
 
 
-def prepare_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> int:
-    """Check the run dir against this config; returns the step to start from (0 for a fresh run)."""
-    latest = ckpts.latest_step()
-    if latest is None:
-        return 0
+def check_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> None:
+    """Refuse a run dir whose checkpoints cannot continue with this config (or resume=False), before any change."""
+    steps = ckpts.steps()
+    if not steps:
+        return
     if not config.train.resume:
         raise ckpt_lib.RunDirError(
-            f"run directory {run_dir} already holds checkpoints (latest step {latest}) and train.resume=False. "
-            "Nothing was changed: pick a new run name with --config.name=<new name>, or resume with "
-            "--config.train.resume=True."
+            f"run directory {run_dir} already holds checkpoints (latest step {ckpts.latest_step()}) and "
+            "train.resume=False. Nothing was changed: pick a new run name with --config.name=<new name>, or resume "
+            "with --config.train.resume=True."
         )
-    ckpt_lib.check_compatible(run_dir, ckpts.meta(latest), cfg, tokenizer)
-    return latest
+    for step in ckpts.candidates():  # the newest step whose meta reads (a damaged one is judged when restoring)
+        try:
+            meta = ckpts.meta(step)
+        except Exception:  # noqa: BLE001 - orbax/JSON errors of a damaged step
+            continue
+        ckpt_lib.check_compatible(run_dir, meta, cfg, tokenizer)
+        return
+
+
+def restore_state(ckpts, abstract_state: dict, state_sh: dict, fallback: bool, say) -> tuple[int, dict | None]:
+    """(step, state) of the newest checkpoint that verifies (files match the manifest, arrays finite), or
+    (0, None) for a fresh run. Unusable newer steps are named and moved to rejected_checkpoints/."""
+    if not ckpts.steps():
+        return 0, None
+    with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+    train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
+    step, restored, rejected = ckpts.restore_good(with_sh(abstract_state["params"], state_sh["params"]),
+                                                  train_target, fallback=fallback)
+    if step is None:
+        raise ckpt_lib.CorruptCheckpointError(
+            f"no usable checkpoint in {ckpts.directory}: " + "; ".join(why for _, why in rejected)
+            + ". Move the checkpoints directory aside to start over, or restore it from a copy.")
+    ckpts.reject([s for s in ckpts.steps() if s > step])
+    if rejected:
+        say(f"resuming from step {step}, the newest checkpoint that verifies")
+    return step, dict(params=restored["params"], **restored["train"])
+
+
+def make_watchdog(t, run_dir: Path) -> Watchdog:
+    return Watchdog(timeout_s=t.watchdog_timeout_s, factor=t.watchdog_step_factor, min_s=t.watchdog_min_s,
+                    exit_on_hang=t.watchdog_exit, report_dir=run_dir, process_index=jax.process_index())
 
 
 def write_run_files(config, run_dir: Path, tokenizer, start_step: int) -> None:
@@ -190,23 +238,6 @@ def write_run_files(config, run_dir: Path, tokenizer, start_step: int) -> None:
         path.rename(run_dir / f"config.before_step{start_step}.json")
     path.write_text(new)
     (run_dir / ckpt_lib.TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_dict()))
-
-
-def install_stop_handler():
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once."""
-    stop = {"requested": False}
-
-    def handler(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (checkpoint follows); Ctrl-C again to abort without saving")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler
-        previous = None
-    return stop, previous
 
 
 def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
@@ -229,8 +260,17 @@ def train(config, devices=None) -> dict:
     """Train (or resume) the run described by `config`; returns a summary (also written to summary.json).
 
     devices: the devices of the mesh (default: all); tests pass a subset to compare 1 and 8 devices.
+    SIGTERM/SIGINT stop the run cleanly (gpt2jax.signals); the run dir is locked while it trains (gpt2jax.lock).
     """
+    stop = StopSignals(say=tqdm.write).install()
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop.restore)
+        return _train(config, devices, stop, stack)
+
+
+def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
     t0 = time.time()
+
     config = config.copy_and_resolve_references()
     t, T = config.train, config.data.seq_len
     check_train_config(config)
@@ -249,23 +289,22 @@ def train(config, devices=None) -> dict:
     train_loader = Loader(train_split, T, t.batch_size, t.grad_accum, config.seed)
     val_loader = Loader(val_split, T, eval_bs, 1, config.seed)
 
-    # 3. run directory
+    stop.check_startup()
+
+    # 3. run directory, locked (process 0) before anything in it is read or changed
     run_dir = Path(config.run_root) / config.name
-    ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
-                                 async_save=t.async_checkpoint)
-    start = prepare_run_dir(config, run_dir, cfg, tokenizer, ckpts)
     lead = jax.process_index() == 0
-    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
-    if config.init_from and not start:
-        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
-    if lead:
-        write_run_files(config, run_dir, tokenizer, start)
-        if init is not None:
-            init_lib.write_record(run_dir, init[1])
-        if start:
-            metrics_lib.rewind_metrics(run_dir, start)
-    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
     say = tqdm.write if lead else (lambda *_: None)
+    if lead:
+        lock = stack.enter_context(RunDirLock(run_dir))
+        if lock.stale:
+            say(f"note: took over the lock of a process that is gone ({lock.stale})")
+    ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
+                                 async_save=t.async_checkpoint, log=say)
+    check_run_dir(config, run_dir, cfg, tokenizer, ckpts)
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if config.init_from and not ckpts.steps():
+        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
 
     # shardings of the state and the batch
     p_sh = param_shardings(cfg, mesh, rules)
@@ -295,14 +334,11 @@ def train(config, devices=None) -> dict:
                           in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
     compile_s = time.time() - t_compile
     say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
+    stop.check_startup()
 
-    # 5. state, created or restored in its shardings
-    if start:
-        with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
-        train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
-        restored = ckpts.restore(start, with_sh(abstract_state["params"], p_sh), train_target)
-        state = dict(params=restored["params"], **restored["train"])
+    # 5. state, created or restored (the newest checkpoint that verifies) in its shardings
+    start, state = restore_state(ckpts, abstract_state, state_sh, t.checkpoint_fallback, say)
+    if state is not None:
         say(f"resumed {run_dir} at step {start}" + (f" (init_from={config.init_from!r} ignored)" if config.init_from
                                                      else ""))
     else:
@@ -310,6 +346,13 @@ def train(config, devices=None) -> dict:
         if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
             state["params"] = jax.device_put(init[0], p_sh)
             say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
+    stop.check_startup()
+    if lead:
+        write_run_files(config, run_dir, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(run_dir, init[1])
+        metrics_lib.rewind_metrics(run_dir, start)
+    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
 
     val_batches = global_batch(val_loader, 0, NamedSharding(mesh, P(None, *batch_sh.spec)), t.eval_batches)
 
@@ -324,18 +367,25 @@ def train(config, devices=None) -> dict:
     # 6. the loop; `step` counts completed updates (= the next batch's index)
     end = t.stop_at or t.max_steps
     ckpt_every = t.checkpoint_every or t.eval_every
-    stop, previous_handler = install_stop_handler()
     bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not (
         lead and t.progress))
     last = dict(loss=None, val_loss=None)
     step = start
     loop_t0 = time.time()
-    log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last)
+    nonfinite = metrics_lib.NonfiniteTally()
+    log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite)
+    watchdog = stack.enter_context(make_watchdog(t, run_dir))
+    stop.in_loop = True  # from here a signal finishes the call and saves
     try:
         if t.eval_at_start and start == 0:
+            watchdog.beat("eval at step 0")
             last["val_loss"] = evaluate(state["params"])
-            logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"], val_ppl=math.exp(last["val_loss"])))
-        while step < end and not stop["requested"]:
+            logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"],
+                              val_ppl=metrics_lib.perplexity(last["val_loss"])))
+        stopping = False
+        while step < end and not stopping:
+            watchdog.beat(f"train step {step + 1}")
+            injected_sleep("step", step + 1)
             k = multistep.call_length(step, end, k_steps)  # k steps in this call (a multiple-of-k start)
             if k > 1:
                 state, m = multi_fn(state, global_batch(train_loader, step, fns["multi_batch_sh"], k))
@@ -344,27 +394,41 @@ def train(config, devices=None) -> dict:
             log.add(step, k, m)  # read on the host one call later: the device never waits for the host
             step += k
             bar.update(k)
+            ckpts.check()  # a background save that failed stops the run here, in one message
             boundary = step % t.eval_every == 0 or step == t.max_steps or step % ckpt_every == 0 or step == end
-            log.flush(keep_last=not (boundary or stop["requested"]))
+            stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
+            log.flush(keep_last=not (boundary or stopping))
+            nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # at boundaries: nothing non-finite is saved
             val_loss = None
             if step % t.eval_every == 0 or step == t.max_steps:
+                watchdog.beat(f"eval at step {step}")
                 val_loss = last["val_loss"] = evaluate(state["params"])
-                logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=math.exp(val_loss)))
-                say(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
+                ppl = metrics_lib.perplexity(val_loss)
+                logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=ppl))
+                say(f"step {step}: val loss {val_loss:.4f}, ppl {ppl:.2f}")
                 final_follows = step == t.max_steps and t.final_eval  # which prints its own sample
                 text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
                 if text is not None:
                     say("  sample: " + text.replace("\n", "\n  | "))
-            if step % ckpt_every == 0 or step == end or stop["requested"]:
+            if step % ckpt_every == 0 or step == end or stopping:
+                watchdog.beat(f"checkpoint save at step {step}")
                 meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
                 ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
+        watchdog.beat(f"checkpoint wait at step {step}")
+        ckpts.wait()
     finally:
-        log.flush(keep_last=False, check=False)
+        try:
+            log.flush(keep_last=False)
+        except Exception:  # noqa: BLE001 - only while another error propagates
+            pass
         loop_s = time.time() - loop_t0
         bar.close()
-        ckpts.wait()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        watchdog.stop()
+        try:
+            ckpts.close()
+        except SaveError as e:  # only reached while another error propagates: report both
+            say(f"error: {e}")
+        stop.in_loop = False
 
     # final: the whole val split, sliding windows shared with the evaluation suite
     final = None
@@ -378,9 +442,9 @@ def train(config, devices=None) -> dict:
         if text is not None:
             say("sample:\n" + text)
     logger.close()
-    ckpts.close()
     summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
-                   stopped_early=step < t.max_steps, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
+                   stopped_early=step < t.max_steps, stopped_by=stop.requested,
+                   nonfinite_steps=nonfinite.count, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
                    final=final, compile_s=compile_s)
     summary.update(compute_summary(cfg, T, tokens_per_step, step, step - start, loop_s, time.time() - t0, peak))
     if lead:
@@ -399,24 +463,55 @@ def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, p
     nll = sliding_window_nll(scorer.nll_fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
                              progress="final val" if progress else False)
     loss = float(nll.mean())
-    return dict(val_loss=loss, val_ppl=math.exp(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
+    return dict(val_loss=loss, val_ppl=metrics_lib.perplexity(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
 
 def parse_config(argv: list[str]):
-    """`--config <file>[:arg] --config.x.y=value ...` -> ConfigDict (a fresh FlagValues, so tests can parse twice)."""
+    """`--config <file>[:arg] --config.x.y=value ...` -> ConfigDict (a fresh FlagValues, so tests can parse twice).
+    Raises ConfigError (one line) for a missing config file, an unknown field or a value of the wrong type."""
     from absl import flags
     from ml_collections import config_flags
 
+    from gpt2jax.config import ConfigError
+
+    check_config_file(argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,
                                     lock_config=True, sys_argv=argv)
-    fv(argv)
-    if fv.config is None:
+    try:
+        fv(argv)
+        config = fv.config
+    except flags.Error as e:
+        raise ConfigError(f"{str(e).splitlines()[0]}; see python -m gpt2jax.train --help for the fields") from None
+    except (AttributeError, KeyError) as e:
+        name = str(e).strip("\"'")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{name}" in a.split("=")[0]]
+        raise ConfigError(f"unknown config field {', '.join(given) or name!r}: check the spelling of "
+                          "--config.<section>.<field> (python -m gpt2jax.train --help lists them)") from None
+    except (SyntaxError, ImportError) as e:
+        raise ConfigError(f"the config file cannot be loaded: {type(e).__name__}: {e}") from None
+    if config is None:
         raise SystemExit("usage: python -m gpt2jax.train --config configs/<name>.py [--config.<field>=<value> ...]\n"
                          "configs: " + ", ".join(sorted(p.name for p in Path("configs").glob("*.py"))))
-    return fv.config
+    return config
+
+
+def check_config_file(argv: list[str]) -> None:
+    """The --config value must be an existing Python file with get_config() (ml_collections defers the error)."""
+    from gpt2jax.config import ConfigError
+
+    for i, a in enumerate(argv):
+        if a == "--config" or a.startswith("--config="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            path = Path(value.split(":")[0])
+            if not path.is_file():
+                raise ConfigError(f"--config {value!r}: no such file (or a directory); pass a config file, e.g. "
+                                  "configs/default.py")
+            if "def get_config" not in path.read_text(errors="replace"):
+                raise ConfigError(f"--config {path} defines no get_config(); pass a config file such as "
+                                  "configs/default.py")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -428,20 +523,20 @@ def main(argv: list[str] | None = None) -> dict:
 
         print(base_config())
         return {}
-    config = parse_config(argv)
-    d = config.distributed
-    if d.enabled:  # before any JAX computation
-        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
-                                   num_processes=d.num_processes or None,
-                                   process_id=None if d.process_id < 0 else d.process_id,
-                                   initialization_timeout=d.initialization_timeout)
     from gpt2jax.config import ConfigError
 
     try:
+        config = parse_config(argv)
+        d = config.distributed
+        if d.enabled:  # before any JAX computation
+            jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                                       num_processes=d.num_processes or None,
+                                       process_id=None if d.process_id < 0 else d.process_id,
+                                       initialization_timeout=d.initialization_timeout)
         return train(config)
     except (ConfigError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

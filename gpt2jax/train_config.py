@@ -14,6 +14,9 @@ any field with `--config.<section>.<field>=value`. Sections:
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import ml_collections
 
 from gpt2jax.config import ConfigError, GPTConfig
@@ -67,6 +70,13 @@ def base_config() -> ml_collections.ConfigDict:
         plot=True,
         peak_flops=0.0,  # per device, for MFU; 0: datasheet table / measured on CPU
         compilation_cache_dir="",  # e.g. ~/.cache/gpt2jax/xla: reuse compiled steps across restarts/resumes
+        # reliability (docs/reliability.md)
+        checkpoint_fallback=True,  # a damaged latest checkpoint is named and the newest good one resumed instead
+        skip_nonfinite=False,  # NaN/Inf loss or grad norm: skip that batch (counted) instead of stopping the run
+        watchdog_timeout_s=0.0,  # > 0: report a step / eval / checkpoint wait taking longer (stacks of all threads)
+        watchdog_step_factor=50.0,  # also report a train step over factor x the median step time (0: off) ...
+        watchdog_min_s=120.0,  # ... but never below this many seconds
+        watchdog_exit=False,  # after reporting a hang, exit with code 75 so a scheduler restarts (and resumes) it
     ))
 
     # multi-process (multi-host) runs: the CLI calls jax.distributed.initialize before anything else. Empty / 0 /
@@ -97,14 +107,28 @@ def check_train_config(config) -> None:
                  "keep_checkpoints"):
         if int(t[name]) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {t[name]}")
+    for name in ("eval_batch_size", "checkpoint_every", "sample_tokens", "final_eval_stride", "sample_top_k"):
+        if int(t[name]) < 0:
+            raise ConfigError(f"train.{name} must be >= 0 (0: the default), got {t[name]}")
+    for name in ("watchdog_timeout_s", "watchdog_step_factor", "watchdog_min_s", "peak_flops"):
+        if not math.isfinite(t[name]) or t[name] < 0:
+            raise ConfigError(f"train.{name} must be a finite number >= 0, got {t[name]}")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
     if not 0 <= t.stop_at <= t.max_steps:
         raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.max_steps={t.max_steps}]")
+    for name in ("lr", "min_lr", "b1", "b2", "eps", "weight_decay", "grad_clip"):
+        if not math.isfinite(o[name]) or o[name] < 0:
+            raise ConfigError(f"optim.{name} must be a finite number >= 0, got {o[name]}")
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0, got lr={o.lr}, min_lr={o.min_lr}")
     if not config.name or "/" in config.name:
         raise ConfigError(f"name={config.name!r} must be a non-empty directory name (no '/')")
+    run_dir = Path(config.run_root) / config.name
+    for path in (Path(config.run_root), run_dir):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"run directory {run_dir}: {path} exists and is not a directory; pick another "
+                              "--config.run_root or --config.name")
 
 
 def mesh_and_rules(config, devices=None):

@@ -51,12 +51,22 @@ def expand_inputs(inputs: Iterable[str], pattern: str) -> list[Path]:
             files.append(p)
         else:
             raise DataError(f"input {p} does not exist (give text files or folders of them)")
+    for f in files:
+        if f.stat().st_size == 0:
+            raise DataError(f"input {f} is empty; give text files with content")
+        with open(f, "rb") as handle:
+            if b"\0" in handle.read(1 << 16):
+                raise DataError(f"input {f} looks binary (it holds NUL bytes); give UTF-8 text files")
     return files
 
 
 def file_documents(files: list[Path]) -> Iterator[str]:
     for f in files:
-        yield f.read_text(encoding="utf-8")
+        try:
+            yield f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"input {f} is not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 "
+                            "or leave it out") from None
 
 
 def load_hf_dataset(name: str, config: str | None, split: str, field: str):
@@ -182,6 +192,8 @@ def prepare(documents_fn, out_dir: Path, tokenizer, val_fraction: float, split_b
     """Tokenize `documents_fn()` (an iterable of strings) into out_dir; returns the meta.json dict."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val_fraction must be in (0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise DataError(f"--shard_tokens must be >= 1, got {shard_tokens}")
     if split_by == "auto":
         split_by = "tokens" if n_documents == 1 else "documents"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; give a directory for the prepared dataset")
+    if args.workers < 0:
+        raise SystemExit(f"error: --workers must be >= 0, got {args.workers}")
     if (out / META_FILE).exists() and not args.overwrite:
         raise SystemExit(f"error: {out} already holds a prepared dataset ({META_FILE}); "
                          "pass --overwrite to replace it or choose another --out")
@@ -278,7 +294,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    from gpt2jax.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -238,12 +238,23 @@ def read_bytes(path: Path) -> bytes:
             names = [n for n in z.namelist() if not n.endswith("/")]
             if len(names) != 1:
                 raise DataError(f"{path} holds {len(names)} files; extract the one you mean and pass it instead")
-            return z.read(names[0])
-    return path.read_bytes()
+            data = z.read(names[0])
+    else:
+        data = path.read_bytes()
+    if not data:
+        raise DataError(f"{path} is empty; pass the real data file (see --help for where each task's file comes from)")
+    return data
 
 
 def read_text(path: Path) -> str:
-    return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding="utf-8", newline="").read()
+    """A data file as UTF-8 text; binary, non-UTF-8 or empty files are refused by name."""
+    data = read_bytes(path)
+    if b"\0" in data[:1 << 16]:
+        raise DataError(f"{path} looks binary (it holds NUL bytes); this task needs a UTF-8 text file")
+    try:
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline="").read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def reference_size(cfg) -> str | None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import jax
 
 from gpt2jax.config import ConfigError
-from gpt2jax.hf import CheckpointError
 from gpt2jax.eval import protocols, report
 from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
@@ -58,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype override (default: the model's)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
+
+
+def check_args(args) -> None:
+    """What can be checked before the model loads: explicit sizes must be positive, --out_dir a directory."""
+    for name in ("n_ctx", "stride", "batch_size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value} (omit it for the default)")
+    if args.out_dir and any(p.exists() and not p.is_dir() for p in (Path(args.out_dir), *Path(args.out_dir).parents)):
+        raise ConfigError(f"--out_dir {args.out_dir} is (or is inside) a file; give a directory for results.*")
 
 
 def check_options(args, cfg, tokenizer, n_devices: int) -> tuple[int, int, int]:
@@ -114,10 +123,19 @@ def run_task(task: Task, files: dict, scorer, tokenizer, n_ctx: int, stride: int
         results[-1].note += ("; " + note) if note else ""
     elif task.kind == "lambada":
         lines = [l for l in read_text(main.path).splitlines() if l.strip()][:limit]
-        texts = [json.loads(l)["text"] for l in lines]
+        try:
+            texts = [json.loads(l)["text"] for l in lines]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{main.path}: expected JSON lines with a \"text\" field ({type(e).__name__}: {e})") \
+                from None
         results += protocols.lambada(scorer, tokenizer, texts, n_ctx=n_ctx, progress=bar)
     elif task.kind == "cbt":
-        examples = protocols.parse_cbt(read_text(main.path))[:limit]
+        try:
+            examples = protocols.parse_cbt(read_text(main.path))[:limit]
+        except DataError:
+            raise
+        except ValueError as e:
+            raise DataError(f"{main.path}: {e}") from None
         results += protocols.cbt(scorer, tokenizer, examples, n_ctx=n_ctx, progress=bar)
     else:  # pragma: no cover - the registry only holds the kinds above
         raise ValueError(task.kind)
@@ -150,6 +168,7 @@ def to_rows(task: Task, results, reference: str, seconds: float, limit: int | No
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Everything that can be wrong with the options is checked before the model loads or anything compiles.
+    check_args(args)
     tasks = parse_task_list(args.tasks)
     overrides = parse_path_overrides(args.path)
     data_dir, cache_dir = Path(args.data_dir).expanduser(), Path(args.cache_dir).expanduser()
@@ -196,8 +215,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from gpt2jax.errors import run_cli
+
+    sys.exit(run_cli(main))
