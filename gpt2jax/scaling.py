@@ -73,7 +73,7 @@ def fit_saturating(x, y) -> dict:
 def fit_power(x, y) -> dict:
     """y = k x^a by least squares in log-log space -> dict(k, a)."""
     a, log_k = np.polyfit(np.log(x), np.log(y), 1)
-    return dict(k=float(math.exp(log_k)), a=float(a))
+    return dict(k=float(np.exp(log_k)), a=float(a))  # np.exp: inf rather than OverflowError on degenerate data
 
 
 def bootstrap(fit, columns: list[np.ndarray], keys: list[str], n_boot: int = N_BOOT, seed: int = 0) -> dict:
@@ -141,6 +141,9 @@ def isoflop_minimum(n, d, loss) -> dict:
     if p[0] <= 0:
         raise ValueError("the profile is not convex (no minimum): widen the range of model sizes")
     x = -p[1] / (2 * p[0])
+    if not log_n.min() <= x <= log_n.max():  # a vertex outside the sizes run is an extrapolation, not a minimum
+        side = "smaller" if x < log_n.min() else "larger"
+        raise ValueError(f"the profile's minimum lies outside the sampled sizes: add {side} models to this budget")
     q = np.polyfit(log_n, np.log(d), 1)
     return dict(n_opt=float(math.exp(x)), d_opt=float(math.exp(np.polyval(q, x))), loss_opt=float(np.polyval(p, x)),
                 parabola=p.tolist())
