@@ -130,6 +130,19 @@ def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
     return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
+def check_batch_splits(batch_size: int, dp: int, flag: str, where: str = "", fix: str = "") -> None:
+    """The one rule for every batch that is split over data-parallel devices (training, evaluation, scoring):
+    it must be a positive multiple of `dp`. Raises ConfigError naming `flag` (e.g. --config.train.batch_size),
+    `where` (what the devices are) and a value that works (`fix`: another remedy, appended)."""
+    if batch_size >= 1 and batch_size % dp == 0:
+        return
+    name = flag.removeprefix("--config.")
+    raise ConfigError(
+        f"{name}={batch_size} is not divisible by the {dp} data-parallel devices{where}: the batch is not a "
+        f"multiple of the {dp} devices. Use a multiple of {dp}, e.g. {flag}={max(dp, batch_size // dp * dp)}{fix}."
+    )
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params_tree, p_shardings, mesh: Mesh):
     """Optimizer-state shardings mirror the parameters' (Adam moments sharded like params; counters replicated)."""
     abstract_state = jax.eval_shape(tx.init, abstract_params_tree)
