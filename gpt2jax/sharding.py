@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, ConfigError, GPTConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -105,7 +105,7 @@ def param_shardings(cfg: GPTConfig, mesh: Mesh, rules=DEFAULT_RULES):
                 raise ConfigError(
                     f"parameter {jax.tree_util.keystr(path)} has a dimension of size {dim} that mesh axes {axes} "
                     f"({n} devices) cannot split evenly. Change the mesh, the model width, or pad the vocabulary "
-                    "(--config.model.padded_vocab_size=50304)."
+                    f"(--config.model.padded_vocab_size={GPT2_PADDED_VOCAB_SIZE})."
                 )
 
     jax.tree_util.tree_map_with_path(check_divisible, abstract_params(cfg), specs)

@@ -107,10 +107,10 @@ def make_train_step(cfg, tx, schedule, p_shardings):
     return step
 
 
-def make_nll_fn(cfg):
-    """(params, inputs (B, T), targets (B, T)) -> per-token NLL (B, T), for evaluation."""
+def make_batch_loss(cfg):
+    """(params, tokens (1, B, T+1)) -> mean next-token NLL of one fixed val batch, for the periodic evals."""
     model = GPT(cfg)
-    return lambda params, inputs, targets: token_nll(model.apply({"params": params}, inputs), targets)
+    return lambda params, b: token_nll(model.apply({"params": params}, b[0, :, :-1]), b[0, :, 1:]).mean()
 
 
 def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
@@ -319,8 +319,8 @@ def compile_run(spec: TrainSpec, layout: StateLayout, rules, schedule, say) -> t
     with context():
         fns = compile_steps(spec.model, layout.tx, schedule, layout.shardings, layout.abstract, layout.batch,
                             spec.train.steps_per_call, spec.batch_shape, context)
-        nll = make_nll_fn(spec.model)
-        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
+        batch_loss = make_batch_loss(spec.model)
+        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs),
                           in_shardings=(layout.shardings["params"], layout.stacked_batch),
                           out_shardings=replicated(mesh))
     compile_s = time.time() - t_compile

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from gpt2jax.config import ConfigError
+from gpt2jax.config import GPT2_VOCAB_SIZE, ConfigError
 from gpt2jax.eval import protocols, report
 from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
@@ -86,8 +86,8 @@ def check_options(args, cfg, tokenizer, n_devices: int) -> tuple[int, int, int]:
     check_batch_splits(batch_size, n_devices, "--batch_size")  # the Scorer's default mesh: all devices data-parallel
     if getattr(tokenizer, "name", None) != "gpt2" or tokenizer.n_vocab > cfg.vocab_size:
         raise ConfigError(
-            f"the zero-shot tasks need a GPT-2 BPE model (tokenizer 'gpt2', vocab_size >= 50257); this model uses "
-            f"the {getattr(tokenizer, 'name', '?')!r} tokenizer with vocab_size={cfg.vocab_size}.")
+            f"the zero-shot tasks need a GPT-2 BPE model (tokenizer 'gpt2', vocab_size >= {GPT2_VOCAB_SIZE}); this "
+            f"model uses the {getattr(tokenizer, 'name', '?')!r} tokenizer with vocab_size={cfg.vocab_size}.")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     return n_ctx, stride, batch_size
