@@ -141,12 +141,8 @@ class OursTrainer:
         cadence = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).train
         cadence.steps_per_call = steps_per_call  # the auto rule as a run with eval_every 250 resolves it
         self.k = multistep.steps_per_call(cadence, flops_per_token(cfg, seq_len) * batch * seq_len)
-        from jax.sharding import NamedSharding, PartitionSpec as P
-
-        batch_sh = NamedSharding(mesh, P(None, "data", None))
         t0 = time.perf_counter()
-        self.fns = compile_steps(cfg, tx, schedule, layout.shardings, layout.abstract, batch_sh, self.k,
-                                 (1, batch, seq_len + 1),
+        self.fns = compile_steps(layout, schedule, self.k, (1, batch, seq_len + 1),
                                  lambda: activation_context(mesh, ()))
         self.compile_s = time.perf_counter() - t0
         self.memory = StepMemory.of(self.fns.get("multi") or self.fns["step"])

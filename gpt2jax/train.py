@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
@@ -50,8 +49,8 @@ from gpt2jax import multistep
 from gpt2jax.compute import compute_summary
 from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
-from gpt2jax.data.shards import DataError, open_split
-from gpt2jax.errors import SaveError, run_cli
+from gpt2jax.data.shards import open_split
+from gpt2jax.errors import DataError, SaveError, run_cli
 from gpt2jax.lock import RunDirLock
 from gpt2jax.model import GPT, flops_per_token, mean_loss, param_count, token_nll
 from gpt2jax.optim import make_optimizer
@@ -103,7 +102,6 @@ def make_train_step(cfg, tx, schedule, p_shardings):
                        nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
 
-
     return step
 
 
@@ -113,26 +111,24 @@ def make_batch_loss(cfg):
     return lambda params, b: token_nll(model.apply({"params": params}, b[0, :, :-1]), b[0, :, 1:]).mean()
 
 
-def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
-                  context=contextlib.nullcontext) -> dict:
-    """The compiled single step ("step") and, for k_steps > 1, the k-steps-per-call scan ("multi", taking
-    (k, A, B, T+1) batches sharded as "multi_batch_sh"). With k_steps > 1 the single step only serves a tail of
-    steps shorter than a call, so it compiles when first called. context() is entered while tracing: e.g.
-    `lambda: activation_context(mesh, rules)`."""
-    step = make_train_step(cfg, tx, schedule, state_sh["params"])
-    rep = replicated(batch_sh.mesh)
+def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, context=contextlib.nullcontext) -> dict:
+    """The compiled single step ("step", taking (A, B, T+1) batches sharded as layout.batch) and, for k_steps > 1,
+    the k-steps-per-call scan ("multi", taking (k, A, B, T+1) batches sharded as layout.stacked_batch). With
+    k_steps > 1 the single step only serves a tail of steps shorter than a call, so it compiles when first called.
+    context() is entered while tracing: e.g. `lambda: activation_context(mesh, rules)`."""
+    state_sh, abstract_state = layout.shardings, layout.abstract
+    step = make_train_step(layout.cfg, layout.tx, schedule, state_sh["params"])
+    rep = replicated(layout.mesh)
     tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
-    single = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    single = jax.jit(step, in_shardings=(state_sh, layout.batch), out_shardings=(state_sh, rep), donate_argnums=0)
     if k_steps == 1:
         with context():
             return dict(step=single.lower(abstract_state, tokens()).compile())
-    multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
-    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, layout.stacked_batch),
                     out_shardings=(state_sh, rep), donate_argnums=0)
     with context():
         compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
-    return dict(multi=compiled, multi_batch_sh=multi_sh,
-                step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+    return dict(multi=compiled, step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
 
 
 class TrainLog:
@@ -317,8 +313,7 @@ def compile_run(spec: TrainSpec, layout: StateLayout, rules, schedule, say) -> t
     mesh, context = layout.mesh, lambda: activation_context(layout.mesh, rules)
     t_compile = time.time()
     with context():
-        fns = compile_steps(spec.model, layout.tx, schedule, layout.shardings, layout.abstract, layout.batch,
-                            spec.train.steps_per_call, spec.batch_shape, context)
+        fns = compile_steps(layout, schedule, spec.train.steps_per_call, spec.batch_shape, context)
         batch_loss = make_batch_loss(spec.model)
         eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs),
                           in_shardings=(layout.shardings["params"], layout.stacked_batch),

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gpt2jax.errors import DataError  # noqa: F401 - raised here; importable from here
+from gpt2jax.errors import DataError
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, tokenizer_from_dict
 
 HEADER_INTS = 256  # 1024-byte header, the same size as llm.c's

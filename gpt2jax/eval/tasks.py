@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
-from gpt2jax.errors import DataError  # noqa: F401 - raised here; importable from here
+from gpt2jax.errors import DataError
 from gpt2jax.shipped import shipped_path
 
 SHIPPED_DIR = shipped_path("eval")  # data/eval in the checkout, gpt2jax/shipped/eval in an installed wheel

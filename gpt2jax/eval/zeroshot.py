@@ -19,8 +19,9 @@ import jax
 
 from gpt2jax.config import GPT2_VOCAB_SIZE, ConfigError
 from gpt2jax.eval import protocols, report
-from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task, all_data_files,
+from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
+from gpt2jax.errors import DataError
 from gpt2jax.sharding import check_batch_splits
 
 
