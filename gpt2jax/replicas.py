@@ -118,7 +118,7 @@ def _finish(spec, tokenizer, state, loss, val_loss, logger, run_dir, val_split, 
         logger.write(dict(kind="final", step=t.max_steps, **final))
     logger.close()
     ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=False)
-    meta = ckpt_lib.checkpoint_meta(t.max_steps, cfg, tokenizer, spec.config.seed, t.grad_accum * t.batch_size)
+    meta = ckpt_lib.checkpoint_meta(t.max_steps, cfg, tokenizer, spec.config.seed, spec.rows_per_step)
     ckpts.save(t.max_steps, state["params"], train_items(state), meta, val_loss)
     ckpts.close()
     summary = dict(run_dir=str(run_dir), start_step=0, step=t.max_steps, max_steps=t.max_steps, stopped_early=False,

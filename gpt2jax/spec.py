@@ -6,8 +6,9 @@ frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config
 those fields filled in: it is what `<run_dir>/config.json` records.
 
 Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`train.mesh` with -1,
-from the devices: `gpt2jax.train_config.mesh_and_rules`) and the MFU peak (`train.peak_flops` 0, from the
-device kind: `gpt2jax.metrics.peak_flops`).
+from the devices: `gpt2jax.train_config.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
+kind: `gpt2jax.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`, and on main
+`model.scan_unroll`: `gpt2jax.model`, at trace time).
 """
 from __future__ import annotations
 
@@ -45,8 +46,13 @@ class TrainSpec:
         return Path(self.config.run_root) / self.config.name
 
     @property
+    def rows_per_step(self) -> int:
+        """Sequences per optimizer step: micro-batches x rows."""
+        return self.train.grad_accum * self.train.batch_size
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.train.grad_accum * self.train.batch_size * self.seq_len
+        return self.rows_per_step * self.seq_len
 
     @property
     def batch_shape(self) -> tuple[int, int, int]:

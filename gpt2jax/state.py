@@ -39,6 +39,7 @@ class StateLayout:
     cfg: object  # GPTConfig
     tx: object  # optax.GradientTransformation
     mesh: Mesh
+    rules: tuple  # the logical-axis rules the shardings were made with
     abstract: dict  # ShapeDtypeStructs of the state, no sharding
     shardings: dict  # the same tree of NamedShardings
     batch: NamedSharding  # one step's tokens (A, B, T+1): micro-batches whole, rows over the data axes
@@ -51,7 +52,7 @@ class StateLayout:
         shardings = dict(params=p_sh, opt_state=opt_state_shardings(tx, abstract["params"], p_sh, mesh),
                          step=rep, rng=rep)
         batch = NamedSharding(mesh, P(None, *batch_sharding(mesh, rules).spec))
-        return cls(cfg, tx, mesh, abstract, shardings, batch)
+        return cls(cfg, tx, mesh, tuple(rules), abstract, shardings, batch)
 
     @property
     def stacked_batch(self) -> NamedSharding:

@@ -257,9 +257,7 @@ class Run:
     tokenizer: object
     val_split: object
     train_loader: Loader
-    mesh: object
-    rules: tuple
-    layout: StateLayout
+    layout: StateLayout  # mesh, rules, shardings
     fns: dict  # compiled: "step", and "multi" for several steps per call
     eval_fn: object  # (params, val_batches) -> (eval_batches,) batch means
     val_batches: jax.Array  # the fixed val batches, (eval_batches, 1, B, T+1)
@@ -277,7 +275,7 @@ class Run:
 
     def evaluate(self, step: int) -> float:
         """Mean loss over the fixed val batches (one call), logged as an eval record."""
-        with activation_context(self.mesh, self.rules):
+        with activation_context(self.layout.mesh, self.layout.rules):
             val_loss = float(np.mean(host(self.eval_fn(self.state["params"], self.val_batches))))
         self.last["val_loss"] = val_loss
         self.logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=metrics_lib.perplexity(val_loss)))
@@ -288,9 +286,8 @@ class Run:
         return sample_text(self.spec, self.state["params"], self.tokenizer, seed=step) if self.lead else None
 
     def save(self, step: int, val_loss: float | None) -> None:
-        t = self.spec.train
         meta = ckpt_lib.checkpoint_meta(step, self.spec.model, self.tokenizer, self.spec.config.seed,
-                                        t.grad_accum * t.batch_size)
+                                        self.spec.rows_per_step)
         self.ckpts.save(step, self.state["params"], train_items(self.state), meta, val_loss)
 
 
@@ -307,10 +304,10 @@ def open_run_dir(spec: TrainSpec, tokenizer, stack: contextlib.ExitStack, say) -
     return ckpts
 
 
-def compile_run(spec: TrainSpec, layout: StateLayout, rules, schedule, say) -> tuple[dict, object, float]:
+def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[dict, object, float]:
     """The train step(s) and the eval step, compiled under the mesh from abstract shapes; the memory check stops
     an impossible fit before any state is allocated. -> (fns, eval_fn, compile seconds)."""
-    mesh, context = layout.mesh, lambda: activation_context(layout.mesh, rules)
+    mesh, context = layout.mesh, lambda: activation_context(layout.mesh, layout.rules)
     t_compile = time.time()
     with context():
         fns = compile_steps(layout, schedule, spec.train.steps_per_call, spec.batch_shape, context)
@@ -340,12 +337,12 @@ def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say) -> tuple
 def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> Run:
     """Steps 1-5 of the module docstring: every input error surfaces before anything compiles."""
     check_train_config(config)  # the checks that need neither data nor devices come first
-    if config.train.compilation_cache_dir:  # JAX's persistent cache: a resumed run skips XLA compilation
-        jax.config.update("jax_compilation_cache_dir", str(Path(config.train.compilation_cache_dir).expanduser()))
     train_split, val_split = open_data(config)
     tokenizer = train_split.tokenizer
     spec = resolve(config, tokenizer)
     t, seq_len = spec.train, spec.seq_len
+    if t.compilation_cache_dir:  # JAX's persistent cache: a resumed run skips XLA compilation
+        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
     spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
     mesh, rules = mesh_and_rules(spec.config, devices)
     tx, schedule = make_optimizer(spec.optim, spec.model)
@@ -361,7 +358,7 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
         init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
 
     layout = StateLayout.build(spec.model, tx, mesh, rules)
-    fns, eval_fn, compile_s = compile_run(spec, layout, rules, schedule, say)
+    fns, eval_fn, compile_s = compile_run(spec, layout, schedule, say)
     stop.check_startup()
     start, state = start_state(spec, layout, ckpts, init, say)
     stop.check_startup()
@@ -371,7 +368,7 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
             init_lib.write_record(spec.run_dir, init[1])
         metrics_lib.rewind_metrics(spec.run_dir, start)
     val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
-    return Run(spec, tokenizer, val_split, train_loader, mesh, rules, layout, fns, eval_fn, val_batches, ckpts,
+    return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
                metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead), say, lead, start, state,
                compile_s, metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops), step=start)
 
@@ -394,7 +391,7 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     t0 = time.time()
     run = start_run(config, devices, stop, stack)
     spec = run.spec
-    run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.mesh.shape)} | "
+    run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
             f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
             f"compile {run.compile_s:.1f}s | run dir {spec.run_dir}")
     loop_s = train_loop(run, stop, stack, t0)
@@ -488,7 +485,7 @@ def final_eval_and_sample(run: Run) -> dict:
     """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample."""
     spec, t = run.spec, run.spec.train
     final = final_eval(spec.model, run.state["params"], run.val_split, spec.seq_len, t.final_eval_stride,
-                       t.eval_batch_size, run.mesh, run.rules, run.lead and t.progress)
+                       t.eval_batch_size, run.layout.mesh, run.layout.rules, run.lead and t.progress)
     run.logger.write(dict(kind="final", step=run.step, **final))
     run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
             f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})")
