@@ -71,6 +71,15 @@ def build_parser():
                         "(on a shared machine one thread can beat two)")
     p.add_argument("--toy", action="store_true", help="tiny shapes everywhere (to try the script, not to measure)")
     p.add_argument("--out_dir", default=str(REPO / "bench" / "results"), help="where train.{json,md} go")
+    p.add_argument("--gpu_shapes", default="124m:16,124m:32,355m:16",
+                   help="gpu part: comma-separated <124m|355m>:<batch> at T=1024 (default 124m:16,124m:32,355m:16)")
+    p.add_argument("--ours_variants", nargs="*", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
+                   help="extra gpt2jax sides with model overrides, timed in the same alternation, e.g. "
+                        "'scan_unroll=12' 'remat=dots' (reported under all_ms)")
+    p.add_argument("--no_ref", action="store_true", help="time gpt2jax only (e.g. to compare XLA_FLAGS across runs)")
+    p.add_argument("--profile_dir", default="",
+                   help="also profile a few steps of each side of the first shape of every part (jax.profiler / "
+                        "torch.profiler) and write kernel-time tables (bench/profile_summary.py) here")
     return p
 
 
@@ -190,6 +199,41 @@ class TorchSide:
         return float(loss)
 
 
+def parse_overrides(spec: str) -> dict:
+    """'scan_unroll=12;remat=dots' -> {'scan_unroll': 12, 'remat': 'dots'} (ints where they parse)."""
+    out = {}
+    for item in filter(None, spec.split(";")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return out
+
+
+def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
+    """A few steps of every side under its profiler; kernel-time tables to --profile_dir (profile_summary)."""
+    import torch
+
+    import profile_summary
+
+    out = Path(args.profile_dir)
+    tables = {}
+    for label, trainer in {"gpt2jax": ours, **variants}.items():
+        trace_dir = out / "traces" / "".join(ch if ch.isalnum() else "_" for ch in f"{name}_{label}")
+        n = -(-steps // trainer.k) * trainer.k
+        with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+            trainer.run(n)
+        tables[label] = profile_summary.jax_kernel_table(trace_dir, n)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    for label, ref in refs.items():
+        with torch.profiler.profile(activities=acts) as prof:
+            ref.run(steps)
+            if cuda:
+                torch.cuda.synchronize()
+        tables[label] = profile_summary.torch_kernel_table(prof, steps, cuda)
+    profile_summary.write(out, name, tables)
+    print(profile_summary.markdown(name, {k: dict(v, top=v.get("top", [])[:8]) for k, v in tables.items()}),
+          flush=True)
+
+
 # ---- parts ---------------------------------------------------------------------------------------------------
 
 def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False, optim=None):
@@ -208,7 +252,15 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
         torch.cuda.reset_peak_memory_stats()
     n_steps = -(-n_steps // ours.k) * ours.k  # whole calls
     sides, first_s, torch_mem = {"gpt2jax": lambda: ours.run(n_steps)}, {}, {}
-    for th in threads:
+    variants = {}
+    for spec in args.ours_variants:
+        v = OursTrainer(cfg.replace(**parse_overrides(spec)), optim, batch, seq_len, max_steps=10_000)
+        v.run(max(n_steps, v.k))
+        variants[f"gpt2jax[{spec}]"] = v
+        sides[f"gpt2jax[{spec}]"] = lambda v=v: v.run(n_steps)
+        print(f"  ours[{spec}]: compile {v.compile_s:.1f}s", flush=True)
+    refs = {}
+    for th in ([] if args.no_ref else threads):
         torch.set_num_threads(th)
         with PeakRSS() as mem:
             ref = TorchSide(cfg, ours.params(), optim, batch, seq_len, 10_000, "cuda" if cuda else "cpu", cuda)
@@ -224,9 +276,16 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
             if cuda:
                 torch.cuda.synchronize()
         sides[f"torch_{th}t"] = run_ref
+        refs[f"torch_{th}t"] = ref
     runs, loads = alternate(sides, args.repeats, name)
+    if args.profile_dir and not args.profiled.get(name.split()[0]):
+        args.profiled[name.split()[0]] = True
+        profile_sides(name, ours, variants, refs, args, cuda)
     ms = {n: median_ms(v, n_steps) for n, v in runs.items()}
-    best = min((n for n in ms if n != "gpt2jax"), key=ms.get)
+    if args.no_ref:  # ours alone: report the fastest variant as "ref" so the table stays one shape
+        ms.setdefault("torch_0t", float("nan"))
+        first_s[0], torch_mem[0] = float("nan"), 0
+    best = min((n for n in ms if n.startswith("torch")), key=ms.get)
     tokens = batch * seq_len
     fpt = flops_per_token(cfg, seq_len)
     ours_peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use") if cuda else ours_mem.growth
@@ -341,9 +400,9 @@ def shapes(args):
     gpt2 = dict(n_positions=1024, padded_vocab_size=GPT2_PADDED_VOCAB_SIZE)
     return dict(char=(GPTConfig(n_layer=4, n_head=4, n_embd=128, n_positions=64, vocab_size=65), 12, 64),
                 big=(GPTConfig.preset("gpt2", **gpt2), 4, 256),
-                gpu=[(GPTConfig.preset("gpt2", **gpt2, dtype="bfloat16", attention="auto"), 16, 1024),
-                     (GPTConfig.preset("gpt2", **gpt2, dtype="bfloat16", attention="auto"), 32, 1024),
-                     (GPTConfig.preset("gpt2-medium", **gpt2, dtype="bfloat16", attention="auto"), 16, 1024)])
+                gpu=[(GPTConfig.preset({"124m": "gpt2", "355m": "gpt2-medium"}[size], **gpt2, dtype="bfloat16",
+                                       attention="auto"), int(b), 1024)
+                     for size, b in (item.split(":") for item in args.gpu_shapes.split(",") if item)])
 
 
 def table(rows) -> str:
@@ -376,6 +435,7 @@ def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.profiled = {}  # part -> profiled already (only the first shape of each part is profiled)
     gpu = jax.devices()[0].platform == "gpu"
     parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:4])) if p]
     bad = sorted(set(parts) - set(PARTS))

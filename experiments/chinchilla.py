@@ -14,9 +14,10 @@ from gpt2jax.sweep import Experiment
 
 SEQ_LEN, BATCH = 64, 16
 BUDGETS = [1e11, 3e11, 9e11]  # training FLOPs per run
-# (n_layer, n_embd), 16-wide heads. A first run on sizes two steps larger ((1, 32) ... (4, 128)) found the loss
-# still falling towards the smallest model at every budget (no IsoFLOP minimum inside the grid), hence these.
-SIZES = [(1, 16), (1, 24), (1, 32), (2, 32), (2, 48), (2, 64), (3, 64)]
+# (n_layer, n_embd), 16-wide heads (one head below 16). Two earlier grids, on sizes (1, 32) ... (4, 128) and then
+# (1, 16) ... (3, 64), both found the loss still falling towards the smallest model at every budget (no IsoFLOP
+# minimum inside the grid): at 1e11-9e11 FLOPs the larger models get only a few hundred steps. Hence these.
+SIZES = [(1, 8), (1, 12), (1, 16), (1, 24), (1, 32), (2, 32), (2, 48)]
 
 
 def get_experiment():

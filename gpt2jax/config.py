@@ -46,7 +46,9 @@ class GPTConfig:
     # model.attention_impl) | xla | cudnn (GPU) | reference (hand-written softmax, for tests)
     attention: str = "auto"
     remat: str = "none"  # rematerialisation policy for each block, see REMAT_POLICIES
-    scan_unroll: int = 1  # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code
+    # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code; 0 = auto (model.layer_unroll:
+    # fully unrolled on a GPU, rolled elsewhere)
+    scan_unroll: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -86,10 +88,12 @@ class GPTConfig:
 
     # ---- validation --------------------------------------------------------------------------------------
     def validate(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "scan_unroll"):
+        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 0:
+            raise ConfigError(f"model.scan_unroll must be 0 (auto) or a positive integer, got {self.scan_unroll!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: each head gets "

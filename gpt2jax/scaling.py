@@ -73,7 +73,7 @@ def fit_saturating(x, y) -> dict:
 def fit_power(x, y) -> dict:
     """y = k x^a by least squares in log-log space -> dict(k, a)."""
     a, log_k = np.polyfit(np.log(x), np.log(y), 1)
-    return dict(k=float(math.exp(log_k)), a=float(a))
+    return dict(k=float(np.exp(log_k)), a=float(a))  # np.exp: inf rather than OverflowError on degenerate data
 
 
 def bootstrap(fit, columns: list[np.ndarray], keys: list[str], n_boot: int = N_BOOT, seed: int = 0) -> dict:
@@ -141,6 +141,9 @@ def isoflop_minimum(n, d, loss) -> dict:
     if p[0] <= 0:
         raise ValueError("the profile is not convex (no minimum): widen the range of model sizes")
     x = -p[1] / (2 * p[0])
+    if not log_n.min() <= x <= log_n.max():  # a vertex outside the sizes run is an extrapolation, not a minimum
+        side = "smaller" if x < log_n.min() else "larger"
+        raise ValueError(f"the profile's minimum lies outside the sampled sizes: add {side} models to this budget")
     q = np.polyfit(log_n, np.log(d), 1)
     return dict(n_opt=float(math.exp(x)), d_opt=float(math.exp(np.polyval(q, x))), loss_opt=float(np.polyval(p, x)),
                 parabola=p.tolist())
@@ -148,9 +151,10 @@ def isoflop_minimum(n, d, loss) -> dict:
 
 def _isoflop_exponents(n, d, c, loss, groups) -> dict:
     minima = []
-    for g in groups:
+    for i, g in enumerate(groups):
         try:
-            minima.append(dict(flops=float(np.exp(np.mean(np.log(c[g])))), **isoflop_minimum(n[g], d[g], loss[g])))
+            minima.append(dict(flops=float(np.exp(np.mean(np.log(c[g])))), group=i,
+                               **isoflop_minimum(n[g], d[g], loss[g])))
         except ValueError:
             continue
     if len(minima) < 2:
@@ -417,14 +421,20 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
 
 
 def _plot_isoflop(ax, ax2, f, rows, loss_key, n_key):
+    from matplotlib.ticker import NullFormatter
+
     n = np.array([float(r[n_key]) for r in rows if _num(r.get(loss_key))])
     loss = np.array([float(r[loss_key]) for r in rows if _num(r.get(loss_key))])
-    for g, m in zip(f["groups"], f["minima"]):
-        line, = ax.semilogx(n[g], loss[g], "o")
-        grid = np.geomspace(n[g].min(), n[g].max(), 50)
-        ax.semilogx(grid, np.polyval(m["parabola"], np.log(grid)), "-", color=line.get_color(),
-                    label=f"C={m['flops']:.2g}")
-        ax.plot([m["n_opt"]], [m["loss_opt"]], "k*", ms=10)
+    minima = {m["group"]: m for m in f["minima"]}
+    for i, g in enumerate(f["groups"]):  # every budget's runs; the parabola and its minimum where one was fitted
+        line, = ax.semilogx(n[g], loss[g], "o", label=None if i in minima else f"group {i}: no minimum inside")
+        if i in minima:
+            m = minima[i]
+            grid = np.geomspace(n[g].min(), n[g].max(), 50)
+            ax.semilogx(grid, np.polyval(m["parabola"], np.log(grid)), "-", color=line.get_color(),
+                        label=f"C={m['flops']:.2g}")
+            ax.plot([m["n_opt"]], [m["loss_opt"]], "k*", ms=10)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
     ax.set_xlabel(f"{n_key} N")
     cs = np.array([m["flops"] for m in f["minima"]])
     ax2.loglog(cs, [m["n_opt"] for m in f["minima"]], "o", label="N_opt")

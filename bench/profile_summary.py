@@ -1,0 +1,117 @@
+"""Where a training step's time goes, as small tables: gpt2jax (a `jax.profiler` trace) and the PyTorch reference
+(`torch.profiler`), side by side by kernel category, for bench/bench_train.py --profile_dir.
+
+A jax trace is written with `create_perfetto_trace=True`, i.e. as Chrome-trace JSON (`perfetto_trace.json.gz`), so
+it is read here with the standard library: complete events ("ph": "X") are grouped by their process (on a GPU the
+device stream tracks; on a CPU the host threads) and summed by name. The summary is what comes back from a device
+call (a trace can be tens of MB); the raw trace is kept next to it when it is small.
+
+Categories (by kernel name; cuBLAS/cuDNN/XLA/Triton names): gemm, attention, loss/softmax, optimizer, other
+fusions, copies. They are heuristics for reading, not accounting.
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+from pathlib import Path
+
+CATEGORIES = (  # first match wins; lower-case substrings of kernel names
+    ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention", "custom-call")),
+    ("gemm", ("gemm", "cublas", "cutlass", "sm90_xmma", "matmul", "dot", "triton_gemm", "mm_", "xmma")),
+    ("loss/softmax", ("softmax", "logsumexp", "log_softmax", "nll", "cross_entropy", "reduce")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
+    ("copy/transpose", ("copy", "memcpy", "memset", "transpose", "dynamic-update-slice", "dynamic_update_slice",
+                        "slice")),
+    ("fusion/elementwise", ("fusion", "loop", "elementwise", "triton", "vectorized", "kernel")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def _trace_file(trace_dir: Path) -> Path | None:
+    found = sorted(Path(trace_dir).rglob("perfetto_trace.json.gz")) or sorted(Path(trace_dir).rglob("*.trace.json.gz"))
+    return found[-1] if found else None
+
+
+def jax_kernel_table(trace_dir: Path, steps: int) -> dict:
+    """Sum of complete-event durations per (track, name) from the newest perfetto trace under trace_dir.
+    Device tracks (names with 'GPU' or 'stream') win over host tracks when present. Per step, in ms."""
+    path = _trace_file(trace_dir)
+    if path is None:
+        return dict(error=f"no perfetto_trace.json.gz under {trace_dir}")
+    events = json.loads(gzip.open(path, "rt").read())
+    events = events.get("traceEvents", events) if isinstance(events, dict) else events
+    proc_names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+                  if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for pid, n in proc_names.items() if "gpu" in n.lower() or "stream" in n.lower()
+                   or "/device:" in n.lower() and "cpu" not in n.lower()}
+    by_name: dict[str, float] = collections.Counter()
+    counts: dict[str, int] = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        if device_pids and e.get("pid") not in device_pids:
+            continue
+        by_name[e["name"]] += float(e["dur"])  # microseconds
+        counts[e["name"]] += 1
+    return _table(by_name, counts, steps, source=f"{path.name} ({'device' if device_pids else 'host'} tracks: "
+                  f"{sorted(proc_names[p] for p in device_pids)[:4] if device_pids else 'all'})")
+
+
+def torch_kernel_table(prof, steps: int, cuda: bool) -> dict:
+    """The same table from a finished torch.profiler.profile (device time on CUDA, self CPU time otherwise)."""
+    by_name: dict[str, float] = collections.Counter()
+    counts: dict[str, int] = collections.Counter()
+    for evt in prof.key_averages():
+        us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)) if cuda \
+            else evt.self_cpu_time_total
+        if us:
+            by_name[evt.key] += float(us)
+            counts[evt.key] += int(evt.count)
+    return _table(by_name, counts, steps, source="torch.profiler key_averages, self " + ("device" if cuda else "CPU")
+                  + " time")
+
+
+def _table(by_name, counts, steps: int, source: str, top: int = 25) -> dict:
+    total = sum(by_name.values())
+    cats: dict[str, float] = collections.Counter()
+    for name, us in by_name.items():
+        cats[category(name)] += us
+    return dict(source=source, steps=steps, total_ms_per_step=total / 1e3 / steps,
+                categories={c: us / 1e3 / steps for c, us in sorted(cats.items(), key=lambda kv: -kv[1])},
+                top=[dict(name=n[:160], ms_per_step=us / 1e3 / steps, calls_per_step=counts[n] / steps,
+                          category=category(n)) for n, us in by_name.most_common(top)])
+
+
+def markdown(label: str, tables: dict) -> str:
+    """tables: side name -> table dict. One category table across sides, then each side's top kernels."""
+    sides = [s for s in tables if "error" not in tables[s]]
+    lines = [f"## {label}: kernel time per step by category (ms)", "",
+             "| category | " + " | ".join(sides) + " |", "|---|" + "---|" * len(sides)]
+    cats = sorted({c for s in sides for c in tables[s]["categories"]})
+    for c in cats:
+        lines.append(f"| {c} | " + " | ".join(f"{tables[s]['categories'].get(c, 0):.2f}" for s in sides) + " |")
+    lines.append("| **sum of kernel time** | " + " | ".join(f"{tables[s]['total_ms_per_step']:.2f}" for s in sides)
+                 + " |")
+    for s, t in tables.items():
+        lines += ["", f"### {s}: top kernels ({t.get('source', t.get('error'))})", ""]
+        if "error" in t:
+            continue
+        lines += ["| ms/step | calls/step | category | kernel |", "|---|---|---|---|"]
+        lines += [f"| {r['ms_per_step']:.3f} | {r['calls_per_step']:.0f} | {r['category']} | `{r['name']}` |"
+                  for r in t["top"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(out_dir: Path, label: str, tables: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "profile_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+    (out_dir / f"{stem}.json").write_text(json.dumps(tables, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(label, tables))
