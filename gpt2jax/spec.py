@@ -5,9 +5,9 @@ Config fields that mean "the default" when 0 (`train.eval_batch_size`, `checkpoi
 frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the whole config with
 those fields filled in: it is what `<run_dir>/config.json` records.
 
-Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`train.mesh` with -1,
+Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`mesh` sizes of -1,
 from the devices: `gpt2jax.train_config.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
-kind: `gpt2jax.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`, and on main
+kind: `gpt2jax.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`,
 `model.scan_unroll`: `gpt2jax.model`, at trace time).
 """
 from __future__ import annotations
