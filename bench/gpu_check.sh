@@ -22,32 +22,15 @@ set -u
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET_S:-500}
-W=$(mktemp -d)
-R="$W/results"
-mkdir -p "$R"
-exec > >(tee "$OUT/gpu_check.log") 2>&1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$W/site" .whl/*.whl
-fi
-export PYTHONPATH="$W/site:$PWD" PYTHONUNBUFFERED=1
-export XLA_PYTHON_CLIENT_PREALLOCATE=false  # jax and torch share the card in one process
+LOG_NAME=gpu_check.log
+source bench/gpu_common.sh
 (nvidia-smi || true) > "$R/nvidia-smi.txt" 2>&1
-START=$SECONDS
 if [ -n "${GPU_CHECK_TOY:-}" ]; then
   COMMON=(--only gpu --toy --gpu_steps 2 --repeats 2); TESTS=(-k "float64 or matches_transformers or greedy_ids")
 else
   COMMON=(--only gpu --gpu_steps 10 --repeats 3); TESTS=()
 fi
 
-part() {  # part <name> <timeout s> <command...>: runs it unless the budget would be overrun
-  local name=$1 limit=$2; shift 2
-  local left=$((BUDGET - (SECONDS - START)))
-  if [ "$left" -lt 30 ]; then echo "== $name: skipped (${left}s of budget left)"; return; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  echo "== $name $(date -u +%T) (limit ${limit}s)"
-  timeout "$limit" "$@" 2>&1 | grep -v -i "warning" | tee "$R/$name.log"
-  echo "== $name exit ${PIPESTATUS[0]} after $((SECONDS - START))s"
-}
 
 part bench_b16 210 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:16 --ours_variants "scan_unroll=1" \
   --profile_dir "$R/profile" --out_dir "$R/b16"
@@ -62,5 +45,4 @@ XLA_FLAGS="--xla_gpu_enable_triton_gemm=false" \
 XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true" \
   part flags_lhs 60 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:16 --no_ref --out_dir "$R/lhs"
 part bench_355m 110 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 355m:16 --out_dir "$R/m355"
-tar -czf "$OUT/results.tgz" -C "$W" results
-echo "done after $((SECONDS - START))s; $OUT/results.tgz"
+finish

@@ -70,6 +70,8 @@ def torch_kernel_table(prof, steps: int, cuda: bool) -> dict:
     by_name: dict[str, float] = collections.Counter()
     counts: dict[str, int] = collections.Counter()
     for evt in prof.key_averages():
+        if cuda and "cuda" not in str(getattr(evt, "device_type", "")).lower():
+            continue  # aten ops carry their kernels' device time too: count the kernels only (no double count)
         us = (getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)) if cuda \
             else evt.self_cpu_time_total
         if us:

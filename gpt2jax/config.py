@@ -46,8 +46,8 @@ class GPTConfig:
     # model.attention_impl) | xla | cudnn (GPU) | reference (hand-written softmax, for tests)
     attention: str = "auto"
     remat: str = "none"  # rematerialisation policy for each block, see REMAT_POLICIES
-    # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code; 0 = auto (model.layer_unroll:
-    # fully unrolled on a GPU, rolled elsewhere)
+    # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code, 1 = rolled; 0 = auto
+    # (model.layer_unroll: fully unrolled up to 24 layers)
     scan_unroll: int = 0
 
     def __post_init__(self):

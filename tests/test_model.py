@@ -50,9 +50,9 @@ def _rel(a, b):
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(scan_unroll=3), dict(remat="full"), dict(remat="dots"), dict(attention="reference"),
+    [dict(scan_unroll=3), dict(scan_unroll=1), dict(remat="full"), dict(remat="dots"), dict(attention="reference"),
      dict(scan_unroll=3, remat="full", attention="reference")],
-    ids=["unrolled", "remat_full", "remat_dots", "reference_attention", "all_three"],
+    ids=["unrolled", "rolled", "remat_full", "remat_dots", "reference_attention", "all_three"],
 )
 def test_variants_match_baseline(variant):
     """Scan vs unrolled layers, remat on vs off, dot_product_attention vs reference: same outputs and grads."""
