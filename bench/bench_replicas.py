@@ -23,7 +23,8 @@ import numpy as np
 from gpt2jax.config import GPTConfig
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, make_mesh, param_shardings
-from gpt2jax.train import initial_state, make_train_step
+from gpt2jax.state import initial_state
+from gpt2jax.train import make_train_step
 from gpt2jax.train_config import base_config
 
 SHAPES = {  # name: (n_layer, n_embd, n_head, batch, seq_len)

@@ -50,8 +50,9 @@ from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
 from gpt2jax.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
 from gpt2jax.optim import make_optimizer  # noqa: E402
-from gpt2jax.sharding import activation_context, make_mesh, opt_state_shardings, param_shardings, replicated  # noqa: E402
-from gpt2jax.train import compile_steps, initial_state, parse_config  # noqa: E402
+from gpt2jax.sharding import DEFAULT_RULES, activation_context, make_mesh  # noqa: E402
+from gpt2jax.state import StateLayout  # noqa: E402
+from gpt2jax.train import compile_steps, parse_config  # noqa: E402
 
 PARTS = ("char", "124m", "score", "full", "gpu")
 
@@ -145,22 +146,16 @@ class OursTrainer:
         mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
         self.mesh = mesh
         tx, schedule = make_optimizer(optim, cfg, max_steps)
-        p_sh = param_shardings(cfg, mesh)
-        abstract = jax.eval_shape(lambda: initial_state(cfg, tx, 0))
-        state_sh = dict(params=p_sh, opt_state=opt_state_shardings(tx, abstract["params"], p_sh, mesh),
-                        step=replicated(mesh), rng=replicated(mesh))
+        layout = StateLayout.build(cfg, tx, mesh, DEFAULT_RULES)  # the state as gpt2jax.train lays it out
         cadence = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).train
         cadence.steps_per_call = steps_per_call  # the auto rule as a run with eval_every 250 resolves it
         self.k = multistep.steps_per_call(cadence, flops_per_token(cfg, seq_len) * batch * seq_len)
-        from jax.sharding import NamedSharding, PartitionSpec as P
-
-        batch_sh = NamedSharding(mesh, P(None, "data", None))
         t0 = time.perf_counter()
-        self.fns = compile_steps(cfg, tx, schedule, state_sh, abstract, batch_sh, self.k, (1, batch, seq_len + 1),
+        self.fns = compile_steps(layout, schedule, self.k, (1, batch, seq_len + 1),
                                  lambda: activation_context(mesh, ()))
         self.compile_s = time.perf_counter() - t0
         self.memory = StepMemory.of(self.fns.get("multi") or self.fns["step"])
-        self.state = jax.jit(lambda: initial_state(cfg, tx, 0), out_shardings=state_sh)()
+        self.state = layout.create(0)
         self.rng = np.random.default_rng(0)
 
     def params(self):

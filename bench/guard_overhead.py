@@ -20,6 +20,7 @@ from gpt2jax import train as current
 from gpt2jax.config import GPTConfig
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import param_shardings
+from gpt2jax.state import initial_state
 from gpt2jax.train_config import base_config, mesh_and_rules
 
 SHAPES = {"tiny": (dict(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=65), 8, 32),
@@ -54,7 +55,7 @@ def main():
     fns = {}
     for name, module in (("before", old_module(args.base)), ("guarded", current)):
         step = jax.jit(module.make_train_step(cfg, tx, schedule, p_sh), donate_argnums=0)
-        state = module.initial_state(cfg, tx, 0)
+        state = initial_state(cfg, tx, 0)  # the same state for both revisions
         state, m = step(state, tokens)
         jax.block_until_ready(m)
         fns[name] = [step, state]

@@ -188,9 +188,6 @@ class Checkpoints:
         finite = {s: v for s, v in losses.items() if v is not None and math.isfinite(v)}
         return min(finite, key=lambda s: (finite[s], -s)) if finite else None
 
-    def all_steps(self) -> list[int]:
-        return self.steps()
-
     # -- reading
     def _item(self, step: int, **items):
         handler = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -230,19 +227,17 @@ class Checkpoints:
             raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {bad}")
         return restored
 
-    def candidates(self, which: str = "latest") -> list[int]:
-        """Steps to try, best first: the newest verified ones (or the best, then the newest), then unverified ones."""
+    def candidates(self) -> list[int]:
+        """Steps to try, in order: the verified ones newest first, then the unverified ones."""
         verified = self.verified_steps()[::-1]
-        if which == "best" and (best := self.best_step()) is not None:
-            verified = [best] + [s for s in verified if s != best]
         return verified + [s for s in self.steps()[::-1] if s not in verified]
 
-    def restore_good(self, abstract_params, abstract_train=None, which: str = "latest", fallback: bool = True,
+    def restore_good(self, abstract_params, abstract_train=None, fallback: bool = True,
                      below: int | None = None) -> tuple[int | None, dict | None, list[tuple[int, str]]]:
-        """-> (step, restored, [(rejected step, why)]): the newest (or best) step that verifies and restores.
+        """-> (step, restored, [(rejected step, why)]): the newest step that verifies and restores.
         With fallback=False a bad first choice raises instead. `below`: only steps < below (a tighter retry)."""
         rejected = []
-        for step in self.candidates(which):
+        for step in self.candidates():
             if below is not None and step >= below:
                 continue
             try:
@@ -382,13 +377,11 @@ def check_compatible(run_dir: Path, saved: dict, cfg: GPTConfig, tokenizer) -> N
         )
 
 
-def load_run(run_dir: str | Path, which: str = "latest", fallback: bool = True,
+def load_run(run_dir: str | Path, fallback: bool = True,
              log: Callable[[str], None] = None) -> tuple[GPTConfig, Any, Any]:
-    """(GPTConfig, params, tokenizer) of a training run: the latest (or best) checkpoint that verifies, restored
+    """(GPTConfig, params, tokenizer) of a training run: the latest checkpoint that verifies, restored
     on the default device, and the tokenizer its data used. A damaged step is named and an older one used."""
     run_dir = Path(run_dir)
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     if not (run_dir / CHECKPOINT_DIR).is_dir():
         raise RunDirError(f"{run_dir} is not a training run directory (no {CHECKPOINT_DIR}/ inside)")
     tokenizer_path = run_dir / TOKENIZER_FILE
@@ -403,7 +396,7 @@ def load_run(run_dir: str | Path, which: str = "latest", fallback: bool = True,
     log = log or warn
     ckpts = Checkpoints(run_dir, read_only=True, log=log)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    for step in ckpts.candidates(which):
+    for step in ckpts.candidates():
         try:
             try:
                 meta = ckpts.meta(step)

@@ -3,7 +3,7 @@
 Every command-line entry point runs its `main(argv)` through `run_cli`: a known error prints one line to stderr and
 exits 2 (bad input) or 1 (a run that stopped and says why); anything else is a bug and keeps its traceback.
 More error types live beside the code that raises them (ConfigError in `gpt2jax.config`, TokenizerError in
-`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generate`, DataError in `gpt2jax.data.shards`).
+`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generate`, RunDirError in `gpt2jax.checkpoint`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import sys
 
 class UsageError(ValueError):
     """A bad command-line value (flag, path, file content). The message names it and the fix."""
+
+
+class DataError(ValueError):
+    """Data that cannot be used as asked: a missing or damaged shard or dataset file, an unknown data option. The
+    message names the file or option and the fix. (Raised by `gpt2jax.data` and by the eval suite's tasks.)"""
 
 
 class CheckpointError(ValueError):
@@ -34,12 +39,10 @@ class StartupInterrupted(Exception):
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types whose message is the whole story (imported lazily: this module is imported first)."""
     from gpt2jax.config import ConfigError
-    from gpt2jax.data.shards import DataError
-    from gpt2jax.eval.tasks import DataError as EvalDataError
     from gpt2jax.generate import GenerationError
     from gpt2jax.tokenizer import TokenizerError
 
-    return (UsageError, ConfigError, DataError, EvalDataError, GenerationError, CheckpointError, TokenizerError)
+    return (UsageError, ConfigError, DataError, GenerationError, CheckpointError, TokenizerError)
 
 
 def exit_code(error: BaseException) -> int:

@@ -106,9 +106,13 @@ GREEDY = Sampling(temperature=0.0)
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
     """Token ids of a text prompt; an empty prompt starts from the end-of-text token (an unconditional sample)."""
-    ids = tokenizer.encode(text)
-    if ids:
-        return ids
+    return nonempty_prompt(tokenizer.encode(text), tokenizer)
+
+
+def nonempty_prompt(ids: Sequence[int], tokenizer) -> list[int]:
+    """The one rule for empty prompts: no tokens -> [<|endoftext|>], the start of an unconditional sample."""
+    if len(ids):
+        return list(ids)
     if tokenizer.eot_id is None:
         raise GenerationError(f"the prompt is empty and the {tokenizer.name!r} tokenizer has no <|endoftext|> "
                               "token to start an unconditional sample from; give a non-empty prompt")

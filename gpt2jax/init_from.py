@@ -28,7 +28,8 @@ MATCHING_FIELDS = ("n_layer", "n_embd", "n_head", "vocab_size")
 def resolve_source(source: str) -> tuple[str, str]:
     """(kind, resolved path): "run" for a gpt2jax run directory, "hf" for a Hugging Face directory (a hub id is
     resolved to its local snapshot, or fails offline with the loader's message)."""
-    from gpt2jax.hf import CheckpointError, resolve_hf_dir
+    from gpt2jax.errors import CheckpointError
+    from gpt2jax.hf import resolve_hf_dir
 
     path = Path(source).expanduser()
     if path.is_dir() and (path / "checkpoints").is_dir():
@@ -66,7 +67,7 @@ def fit_params(src_cfg: GPTConfig, src_params, cfg: GPTConfig, seed: int, source
 
 def load_init_params(source: str, cfg: GPTConfig, tokenizer, seed: int) -> tuple[dict, dict]:
     """-> (numpy params for cfg, record for init_from.json). Errors are ConfigErrors with one clear line."""
-    from gpt2jax.hf import CheckpointError
+    from gpt2jax.errors import CheckpointError
     from gpt2jax.load import load_model
 
     kind, resolved = resolve_source(source)

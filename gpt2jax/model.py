@@ -132,7 +132,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         N, H = cfg.n_head, cfg.head_dim
         qkv = _dense(cfg, 3 * C, ("embed", "qkv"), INIT_STD, "c_attn")(x)  # (B, T, 3C)
-        q, k, v = (t.reshape(B, T, N, H) for t in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (part.reshape(B, T, N, H) for part in jnp.split(qkv, 3, axis=-1))
 
         new_cache = None
         if layer_cache is None:  # training / full forward: keys are the queries' own positions

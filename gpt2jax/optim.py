@@ -11,6 +11,8 @@ weights and both embeddings, as nanoGPT); biases and LayerNorm parameters are no
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,11 +50,31 @@ def decay_mask(cfg: GPTConfig):
                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
-def make_optimizer(optim_cfg, cfg: GPTConfig, max_steps: int) -> tuple[optax.GradientTransformation, callable]:
-    """(optax transform, lr schedule) from the config's `optim` section."""
-    o = optim_cfg
-    decay_steps = o.decay_steps or max_steps
-    schedule = lr_schedule(o.lr, o.min_lr, o.warmup_steps, decay_steps)
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """The config's `optim` section, resolved: decay_steps is a real step count."""
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    decay_steps: int
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    grad_clip: float
+
+    @classmethod
+    def resolve(cls, optim_cfg, max_steps: int) -> "OptimSpec":
+        """decay_steps = 0 means: decay until train.max_steps (decided here only)."""
+        fields = {f.name: optim_cfg[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**fields, "decay_steps": fields["decay_steps"] or max_steps})
+
+
+def make_optimizer(optim, cfg: GPTConfig, max_steps: int | None = None) -> tuple[optax.GradientTransformation,
+                                                                                   callable]:
+    """(optax transform, lr schedule) from an OptimSpec, or from a config's `optim` section and train.max_steps."""
+    o = optim if isinstance(optim, OptimSpec) else OptimSpec.resolve(optim, max_steps)
+    schedule = lr_schedule(o.lr, o.min_lr, o.warmup_steps, o.decay_steps)
     parts = []
     if o.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip))

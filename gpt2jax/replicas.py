@@ -15,7 +15,6 @@ import functools
 import json
 import math
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,10 @@ from gpt2jax.compute import compute_summary
 from gpt2jax.data.loader import Loader
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, param_shardings
-from gpt2jax.train import final_eval, initial_state, make_nll_fn, make_train_step, open_data, write_run_files
-from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
+from gpt2jax.spec import resolve
+from gpt2jax.state import initial_state, train_items
+from gpt2jax.train import final_eval, make_batch_loss, make_train_step, open_data, write_run_files
+from gpt2jax.train_config import check_train_config, mesh_and_rules
 
 # Config fields that may differ between the replicas of one program (everything else must be equal).
 REPLICA_FIELDS = ("seed", "name")
@@ -48,24 +49,23 @@ def train_replicas(configs, devices=None) -> list[dict]:
     configs = [c.copy_and_resolve_references() for c in configs]
     if len({replica_key(c) for c in configs}) != 1:
         raise ValueError("replicas must differ only in " + ", ".join(REPLICA_FIELDS))
-    config, S = configs[0], len(configs)
-    t, T = config.train, config.data.seq_len
+    S = len(configs)
     for c in configs:
         check_train_config(c)
-    train_split, val_split = open_data(config)
+    train_split, val_split = open_data(configs[0])
     tokenizer = train_split.tokenizer
-    cfg = model_config(config, tokenizer)
-    cfg.check_tokens(T, max(train_split.max_id(), val_split.max_id()))
-    mesh, rules = mesh_and_rules(config, (devices or jax.devices())[:1])
-    tx, schedule = make_optimizer(config.optim, cfg, t.max_steps)
-    eval_bs = t.eval_batch_size or t.batch_size
-    train_loaders = [Loader(train_split, T, t.batch_size, t.grad_accum, c.seed) for c in configs]
-    val_batches = [np.stack([Loader(val_split, T, eval_bs, 1, c.seed).batch(i) for c in configs])
+    specs = [resolve(c, tokenizer) for c in configs]
+    spec = specs[0]
+    t, seq_len, cfg = spec.train, spec.seq_len, spec.model
+    cfg.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
+    mesh, rules = mesh_and_rules(spec.config, (devices or jax.devices())[:1])
+    tx, schedule = make_optimizer(spec.optim, cfg)
+    train_loaders = [Loader(train_split, seq_len, t.batch_size, t.grad_accum, c.seed) for c in configs]
+    val_batches = [np.stack([Loader(val_split, seq_len, t.eval_batch_size, 1, c.seed).batch(i) for c in configs])
                    for i in range(t.eval_batches)]  # each (S, 1, B, T+1)
-    run_dirs = [Path(c.run_root) / c.name for c in configs]
-    for c, run_dir in zip(configs, run_dirs):
-        c.model.vocab_size = cfg.vocab_size
-        write_run_files(c, run_dir, tokenizer, 0)
+    run_dirs = [s.run_dir for s in specs]
+    for s in specs:
+        write_run_files(s, tokenizer, 0)
     loggers = [metrics_lib.MetricsLogger(d, t.tensorboard) for d in run_dirs]
 
     p_sh = param_shardings(cfg, mesh, rules)
@@ -74,11 +74,8 @@ def train_replicas(configs, devices=None) -> list[dict]:
     t_compile = time.time()
     with activation_context(mesh, rules):
         step_fn = jax.jit(jax.vmap(make_train_step(cfg, tx, schedule, p_sh)), donate_argnums=0)
-        nll = make_nll_fn(cfg)
-        eval_fn = jax.jit(jax.vmap(lambda p, b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean()))
-        nll_fn = jax.jit(nll)  # the final whole-split eval, one replica at a time
-        step_fn = step_fn.lower(state, jax.ShapeDtypeStruct((S, t.grad_accum, t.batch_size, T + 1), jnp.int32)
-                                ).compile()
+        eval_fn = jax.jit(jax.vmap(make_batch_loss(cfg)))
+        step_fn = step_fn.lower(state, jax.ShapeDtypeStruct((S, *spec.batch_shape), jnp.int32)).compile()
     compile_s = time.time() - t_compile
 
     def evaluate(params) -> np.ndarray:  # (S,)
@@ -104,33 +101,31 @@ def train_replicas(configs, devices=None) -> list[dict]:
     jax.block_until_ready(state)
     loop_s = time.time() - loop_t0
     peak = metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops)
-    return [_finish(c, cfg, tokenizer, jax.tree.map(lambda x: x[i], state), float(loss[i]), float(val[i]),
+    return [_finish(c, tokenizer, jax.tree.map(lambda x: x[i], state), float(loss[i]), float(val[i]),
                     loggers[i], run_dirs[i], val_split, (mesh, rules), dict(compile_s=compile_s, loop_s=loop_s,
-                                                                             t0=t0, peak=peak, S=S), nll_fn)
-            for i, c in enumerate(configs)]
+                                                                             t0=t0, peak=peak, S=S))
+            for i, c in enumerate(specs)]
 
 
-def _finish(config, cfg, tokenizer, state, loss, val_loss, logger, run_dir, val_split, mesh_rules, timing,
-            nll_fn) -> dict:
+def _finish(spec, tokenizer, state, loss, val_loss, logger, run_dir, val_split, mesh_rules, timing) -> dict:
     """One replica's final eval, checkpoint and summary.json, as `train` writes them."""
-    t, T = config.train, config.data.seq_len
+    t, seq_len, cfg = spec.train, spec.seq_len, spec.model
     mesh, rules = mesh_rules
     final = None
     if t.final_eval:
-        final = final_eval(cfg, state["params"], val_split, T, t.final_eval_stride or max(1, T // 2),
-                           t.eval_batch_size or t.batch_size, mesh, rules, nll_fn, False)
+        final = final_eval(cfg, state["params"], val_split, seq_len, t.final_eval_stride, t.eval_batch_size, mesh,
+                           rules, False)
         logger.write(dict(kind="final", step=t.max_steps, **final))
     logger.close()
     ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=False)
-    meta = ckpt_lib.checkpoint_meta(t.max_steps, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
-    ckpts.save(t.max_steps, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
+    meta = ckpt_lib.checkpoint_meta(t.max_steps, cfg, tokenizer, spec.config.seed, spec.rows_per_step)
+    ckpts.save(t.max_steps, state["params"], train_items(state), meta, val_loss)
     ckpts.close()
-    tokens_per_step = t.grad_accum * t.batch_size * T
     summary = dict(run_dir=str(run_dir), start_step=0, step=t.max_steps, max_steps=t.max_steps, stopped_early=False,
                    loss=loss, val_loss=val_loss, final=final, compile_s=timing["compile_s"], replicas=timing["S"])
     # train_loop_s: this replica's share (1/S) of the vmapped loop, so mfu is the whole program's MFU
-    summary.update(compute_summary(cfg, T, tokens_per_step, t.max_steps, t.max_steps, timing["loop_s"] / timing["S"],
-                                   time.time() - timing["t0"], timing["peak"]))
+    summary.update(compute_summary(cfg, seq_len, spec.tokens_per_step, t.max_steps, t.max_steps,
+                                   timing["loop_s"] / timing["S"], time.time() - timing["t0"], timing["peak"]))
     if t.plot:
         metrics_lib.plot_losses(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

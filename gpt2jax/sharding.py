@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, ConfigError, GPTConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -105,7 +105,7 @@ def param_shardings(cfg: GPTConfig, mesh: Mesh, rules=DEFAULT_RULES):
                 raise ConfigError(
                     f"parameter {jax.tree_util.keystr(path)} has a dimension of size {dim} that mesh axes {axes} "
                     f"({n} devices) cannot split evenly. Change the mesh, the model width, or pad the vocabulary "
-                    "(--config.model.padded_vocab_size=50304)."
+                    f"(--config.model.padded_vocab_size={GPT2_PADDED_VOCAB_SIZE})."
                 )
 
     jax.tree_util.tree_map_with_path(check_divisible, abstract_params(cfg), specs)
@@ -128,6 +128,19 @@ def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
     if axes is None:
         return 1
     return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
+def check_batch_splits(batch_size: int, dp: int, flag: str, where: str = "", fix: str = "") -> None:
+    """The one rule for every batch that is split over data-parallel devices (training, evaluation, scoring):
+    it must be a positive multiple of `dp`. Raises ConfigError naming `flag` (e.g. --config.train.batch_size),
+    `where` (what the devices are) and a value that works (`fix`: another remedy, appended)."""
+    if batch_size >= 1 and batch_size % dp == 0:
+        return
+    name = flag.removeprefix("--config.")
+    raise ConfigError(
+        f"{name}={batch_size} is not divisible by the {dp} data-parallel devices{where}: the batch is not a "
+        f"multiple of the {dp} devices. Use a multiple of {dp}, e.g. {flag}={max(dp, batch_size // dp * dp)}{fix}."
+    )
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params_tree, p_shardings, mesh: Mesh):

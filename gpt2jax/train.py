@@ -1,16 +1,21 @@
 """Train a GPT-2: `python -m gpt2jax.train --config configs/default.py [--config.train.max_steps=500 ...]`.
 
-The loop, in order (everything that can be wrong about the inputs is checked before anything compiles):
-  1. data: open the prepared train/val splits; the model's vocabulary comes from their tokenizer;
+A run, in order (everything that can be wrong about the inputs is checked before anything compiles):
+  1. data + spec: open the prepared train/val splits; `gpt2jax.spec.resolve(config, tokenizer)` decides every
+     default (the model's vocabulary comes from the data's tokenizer) and the rest reads only that spec;
   2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
   3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
   4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
-     small models one that runs several steps per call (gpt2jax.multistep), compiled from abstract shapes; a
-     step that cannot fit the device's memory stops here (gpt2jax.memory), before any state exists;
+     small models one that runs several steps per call (gpt2jax.multistep), compiled from the abstract state of
+     `gpt2jax.state.StateLayout` (shapes, shardings and restore targets together); a step that cannot fit the
+     device's memory stops here (gpt2jax.memory), before any state exists;
   5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
      --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.init_from);
-  6. the loop (metrics read one call late, so the device never waits for the host): log, evaluate on fixed val
-     batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows and the loss curve is plotted.
+  6. the loop, cadence only (`train_loop`; metrics read one call late, so the device never waits for the host):
+     step, log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call
+     with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows (the
+     evaluation suite's `Scorer`) and the loss curve is plotted.
+Steps 1-5 are `start_run`, which returns a `Run` (everything the loop needs).
 
 `train(config) -> summary dict` is the importable entry point (tests call it directly).
 """
@@ -24,6 +29,7 @@ if __name__ == "__main__":  # SIGTERM/SIGINT while the libraries below import: n
         _signal.signal(_sig, lambda signum, frame: _os._exit(0))
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -34,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
@@ -44,14 +49,16 @@ from gpt2jax import multistep
 from gpt2jax.compute import compute_summary
 from gpt2jax.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
-from gpt2jax.data.shards import DataError, open_split
-from gpt2jax.errors import SaveError, run_cli
+from gpt2jax.data.shards import open_split
+from gpt2jax.errors import DataError, SaveError, run_cli
 from gpt2jax.lock import RunDirLock
-from gpt2jax.model import GPT, flops_per_token, init_params, mean_loss, param_count, token_nll
+from gpt2jax.model import GPT, flops_per_token, mean_loss, param_count, token_nll
 from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import activation_context, batch_sharding, opt_state_shardings, param_shardings, replicated
+from gpt2jax.sharding import activation_context, replicated
 from gpt2jax.signals import StopSignals
-from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
+from gpt2jax.spec import TrainSpec, resolve
+from gpt2jax.state import StateLayout, train_items
+from gpt2jax.train_config import check_train_config, mesh_and_rules
 from gpt2jax.watchdog import Watchdog, injected_sleep
 
 
@@ -95,44 +102,33 @@ def make_train_step(cfg, tx, schedule, p_shardings):
                        nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
 
-
     return step
 
 
-def initial_state(cfg, tx, seed: int) -> dict:
-    """Training state at step 0: GPT-2-initialised params, fresh optimizer state, and the dropout RNG key
-    (raw uint32 key data, which orbax can save)."""
-    params = init_params(cfg, jax.random.key(seed))
-    return dict(params=params, opt_state=tx.init(params), step=jnp.int32(0),
-                rng=jax.random.key_data(jax.random.key(seed + 1)))
-
-
-def make_nll_fn(cfg):
-    """(params, inputs (B, T), targets (B, T)) -> per-token NLL (B, T), for evaluation."""
+def make_batch_loss(cfg):
+    """(params, tokens (1, B, T+1)) -> mean next-token NLL of one fixed val batch, for the periodic evals."""
     model = GPT(cfg)
-    return lambda params, inputs, targets: token_nll(model.apply({"params": params}, inputs), targets)
+    return lambda params, b: token_nll(model.apply({"params": params}, b[0, :, :-1]), b[0, :, 1:]).mean()
 
 
-def compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps: int, batch_shape,
-                  context=contextlib.nullcontext) -> dict:
-    """The compiled single step ("step") and, for k_steps > 1, the k-steps-per-call scan ("multi", taking
-    (k, A, B, T+1) batches sharded as "multi_batch_sh"). With k_steps > 1 the single step only serves a tail of
-    steps shorter than a call, so it compiles when first called. context() is entered while tracing: e.g.
-    `lambda: activation_context(mesh, rules)`."""
-    step = make_train_step(cfg, tx, schedule, state_sh["params"])
-    rep = replicated(batch_sh.mesh)
+def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, context=contextlib.nullcontext) -> dict:
+    """The compiled single step ("step", taking (A, B, T+1) batches sharded as layout.batch) and, for k_steps > 1,
+    the k-steps-per-call scan ("multi", taking (k, A, B, T+1) batches sharded as layout.stacked_batch). With
+    k_steps > 1 the single step only serves a tail of steps shorter than a call, so it compiles when first called.
+    context() is entered while tracing: e.g. `lambda: activation_context(mesh, rules)`."""
+    state_sh, abstract_state = layout.shardings, layout.abstract
+    step = make_train_step(layout.cfg, layout.tx, schedule, state_sh["params"])
+    rep = replicated(layout.mesh)
     tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
-    single = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    single = jax.jit(step, in_shardings=(state_sh, layout.batch), out_shardings=(state_sh, rep), donate_argnums=0)
     if k_steps == 1:
         with context():
             return dict(step=single.lower(abstract_state, tokens()).compile())
-    multi_sh = NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
-    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, multi_sh),
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, layout.stacked_batch),
                     out_shardings=(state_sh, rep), donate_argnums=0)
     with context():
         compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
-    return dict(multi=compiled, multi_batch_sh=multi_sh,
-                step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+    return dict(multi=compiled, step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
 
 
 class TrainLog:
@@ -185,14 +181,13 @@ def open_data(config):
     return train_split, val_split
 
 
-def check_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> None:
+def check_run_dir(spec: TrainSpec, tokenizer, ckpts) -> None:
     """Refuse a run dir whose checkpoints cannot continue with this config (or resume=False), before any change."""
-    steps = ckpts.steps()
-    if not steps:
+    if not ckpts.steps():
         return
-    if not config.train.resume:
+    if not spec.train.resume:
         raise ckpt_lib.RunDirError(
-            f"run directory {run_dir} already holds checkpoints (latest step {ckpts.latest_step()}) and "
+            f"run directory {spec.run_dir} already holds checkpoints (latest step {ckpts.latest_step()}) and "
             "train.resume=False. Nothing was changed: pick a new run name with --config.name=<new name>, or resume "
             "with --config.train.resume=True."
         )
@@ -201,20 +196,16 @@ def check_run_dir(config, run_dir: Path, cfg, tokenizer, ckpts) -> None:
             meta = ckpts.meta(step)
         except Exception:  # noqa: BLE001 - orbax/JSON errors of a damaged step
             continue
-        ckpt_lib.check_compatible(run_dir, meta, cfg, tokenizer)
+        ckpt_lib.check_compatible(spec.run_dir, meta, spec.model, tokenizer)
         return
 
 
-def restore_state(ckpts, abstract_state: dict, state_sh: dict, fallback: bool, say) -> tuple[int, dict | None]:
+def restore_state(ckpts, layout: StateLayout, fallback: bool, say) -> tuple[int, dict | None]:
     """(step, state) of the newest checkpoint that verifies (files match the manifest, arrays finite), or
     (0, None) for a fresh run. Unusable newer steps are named and moved to rejected_checkpoints/."""
     if not ckpts.steps():
         return 0, None
-    with_sh = lambda tree, sh: jax.tree.map(  # noqa: E731
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
-    train_target = {k: with_sh(abstract_state[k], state_sh[k]) for k in ("opt_state", "step", "rng")}
-    step, restored, rejected = ckpts.restore_good(with_sh(abstract_state["params"], state_sh["params"]),
-                                                  train_target, fallback=fallback)
+    step, restored, rejected = ckpts.restore_good(layout.target("params"), layout.train_target(), fallback=fallback)
     if step is None:
         raise ckpt_lib.CorruptCheckpointError(
             f"no usable checkpoint in {ckpts.directory}: " + "; ".join(why for _, why in rejected)
@@ -230,28 +221,156 @@ def make_watchdog(t, run_dir: Path) -> Watchdog:
                     exit_on_hang=t.watchdog_exit, report_dir=run_dir, process_index=jax.process_index())
 
 
-def write_run_files(config, run_dir: Path, tokenizer, start_step: int) -> None:
+def write_run_files(spec: TrainSpec, tokenizer, start_step: int) -> None:
+    """config.json (the resolved config; a resumed run with changed settings keeps the old file beside it) and
+    tokenizer.json."""
+    run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    new = config.to_json_best_effort(indent=1, sort_keys=True)
+    new = spec.config.to_json_best_effort(indent=1, sort_keys=True)
     path = run_dir / ckpt_lib.CONFIG_FILE
-    if path.is_file() and path.read_text() != new:  # resumed with changed settings: keep the old file too
+    if path.is_file() and path.read_text() != new:
         path.rename(run_dir / f"config.before_step{start_step}.json")
     path.write_text(new)
     (run_dir / ckpt_lib.TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_dict()))
 
 
-def sample_text(cfg, params, tokenizer, t, seed: int) -> str | None:
-    """t.sample_tokens tokens after t.sample_prompt (`gpt2jax.generate.continue_text`), or None when sampling is
-    off. Single-process only: process 0 samples alone, and a program over multi-process params needs them all."""
-    if t.sample_tokens <= 0 or jax.process_count() > 1:
+def sample_text(spec: TrainSpec, params, tokenizer, seed: int) -> str | None:
+    """train.sample_tokens tokens after train.sample_prompt (`gpt2jax.generate.continue_text`), or None when
+    sampling is off. Single-process only: process 0 samples alone, and a program over multi-process params needs
+    them all."""
+    if spec.sampling is None or jax.process_count() > 1:
         return None
-    from gpt2jax.generate import GenerationError, Sampling, continue_text
+    from gpt2jax.generate import GenerationError, continue_text
 
+    t = spec.train
     try:
-        sampling = Sampling(temperature=t.sample_temperature, top_k=t.sample_top_k or None, seed=seed)
-        return continue_text(cfg, params, tokenizer, t.sample_prompt, t.sample_tokens, sampling)
+        return continue_text(spec.model, params, tokenizer, t.sample_prompt, t.sample_tokens,
+                             spec.sampling.replace(seed=seed))
     except GenerationError as e:
         return f"(no sample: {e})"
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs, built by `start_run` before the first step; the loop changes state and step."""
+    spec: TrainSpec
+    tokenizer: object
+    val_split: object
+    train_loader: Loader
+    layout: StateLayout  # mesh, rules, shardings
+    fns: dict  # compiled: "step", and "multi" for several steps per call
+    eval_fn: object  # (params, val_batches) -> (eval_batches,) batch means
+    val_batches: jax.Array  # the fixed val batches, (eval_batches, 1, B, T+1)
+    ckpts: ckpt_lib.Checkpoints
+    logger: metrics_lib.MetricsLogger
+    say: object
+    lead: bool
+    start: int
+    state: dict
+    compile_s: float
+    peak: float | None
+    step: int = 0
+    last: dict = dataclasses.field(default_factory=lambda: dict(loss=None, val_loss=None))
+    nonfinite: metrics_lib.NonfiniteTally = dataclasses.field(default_factory=metrics_lib.NonfiniteTally)
+
+    def evaluate(self, step: int) -> float:
+        """Mean loss over the fixed val batches (one call), logged as an eval record."""
+        with activation_context(self.layout.mesh, self.layout.rules):
+            val_loss = float(np.mean(host(self.eval_fn(self.state["params"], self.val_batches))))
+        self.last["val_loss"] = val_loss
+        self.logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=metrics_lib.perplexity(val_loss)))
+        return val_loss
+
+    def sample(self, step: int) -> str | None:
+        """A sample from the current params (process 0 only; None when sampling is off)."""
+        return sample_text(self.spec, self.state["params"], self.tokenizer, seed=step) if self.lead else None
+
+    def save(self, step: int, val_loss: float | None) -> None:
+        meta = ckpt_lib.checkpoint_meta(step, self.spec.model, self.tokenizer, self.spec.config.seed,
+                                        self.spec.rows_per_step)
+        self.ckpts.save(step, self.state["params"], train_items(self.state), meta, val_loss)
+
+
+def open_run_dir(spec: TrainSpec, tokenizer, stack: contextlib.ExitStack, say) -> ckpt_lib.Checkpoints:
+    """Lock the run dir (process 0) before anything in it is read or changed; its checkpoints, checked."""
+    t = spec.train
+    if jax.process_index() == 0:
+        lock = stack.enter_context(RunDirLock(spec.run_dir))
+        if lock.stale:
+            say(f"note: took over the lock of a process that is gone ({lock.stale})")
+    ckpts = ckpt_lib.Checkpoints(spec.run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
+                                 async_save=t.async_checkpoint, log=say)
+    check_run_dir(spec, tokenizer, ckpts)
+    return ckpts
+
+
+def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[dict, object, float]:
+    """The train step(s) and the eval step, compiled under the mesh from abstract shapes; the memory check stops
+    an impossible fit before any state is allocated. -> (fns, eval_fn, compile seconds)."""
+    mesh, context = layout.mesh, lambda: activation_context(layout.mesh, layout.rules)
+    t_compile = time.time()
+    with context():
+        fns = compile_steps(layout, schedule, spec.train.steps_per_call, spec.batch_shape, context)
+        batch_loss = make_batch_loss(spec.model)
+        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs),
+                          in_shardings=(layout.shardings["params"], layout.stacked_batch),
+                          out_shardings=replicated(mesh))
+    compile_s = time.time() - t_compile
+    say(check_step_fits(fns.get("multi") or fns["step"], mesh.devices.flat))  # stops here if it cannot fit
+    return fns, eval_fn, compile_s
+
+
+def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say) -> tuple[int, dict]:
+    """(start step, state): the newest checkpoint that verifies, else a fresh state (with init_from's params)."""
+    start, state = restore_state(ckpts, layout, spec.train.checkpoint_fallback, say)
+    if state is not None:
+        ignored = f" (init_from={spec.config.init_from!r} ignored)" if spec.config.init_from else ""
+        say(f"resumed {spec.run_dir} at step {start}{ignored}")
+        return start, state
+    state = layout.create(spec.config.seed)
+    if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
+        state["params"] = jax.device_put(init[0], layout.shardings["params"])
+        say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
+    return start, state
+
+
+def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> Run:
+    """Steps 1-5 of the module docstring: every input error surfaces before anything compiles."""
+    check_train_config(config)  # the checks that need neither data nor devices come first
+    train_split, val_split = open_data(config)
+    tokenizer = train_split.tokenizer
+    spec = resolve(config, tokenizer)
+    t, seq_len = spec.train, spec.seq_len
+    if t.compilation_cache_dir:  # JAX's persistent cache: a resumed run skips XLA compilation
+        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
+    spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
+    mesh, rules = mesh_and_rules(spec.config, devices)
+    tx, schedule = make_optimizer(spec.optim, spec.model)
+    train_loader = Loader(train_split, seq_len, t.batch_size, t.grad_accum, spec.config.seed)
+    val_loader = Loader(val_split, seq_len, t.eval_batch_size, 1, spec.config.seed)
+    stop.check_startup()
+
+    lead = jax.process_index() == 0
+    say = tqdm.write if lead else (lambda *_: None)
+    ckpts = open_run_dir(spec, tokenizer, stack, say)
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if spec.config.init_from and not ckpts.steps():
+        init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
+
+    layout = StateLayout.build(spec.model, tx, mesh, rules)
+    fns, eval_fn, compile_s = compile_run(spec, layout, schedule, say)
+    stop.check_startup()
+    start, state = start_state(spec, layout, ckpts, init, say)
+    stop.check_startup()
+    if lead:
+        write_run_files(spec, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(spec.run_dir, init[1])
+        metrics_lib.rewind_metrics(spec.run_dir, start)
+    val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
+    return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
+               metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead), say, lead, start, state,
+               compile_s, metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops), step=start)
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -270,187 +389,123 @@ def train(config, devices=None) -> dict:
 
 def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
     t0 = time.time()
+    run = start_run(config, devices, stop, stack)
+    spec = run.spec
+    run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
+            f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
+            f"compile {run.compile_s:.1f}s | run dir {spec.run_dir}")
+    loop_s = train_loop(run, stop, stack, t0)
+    final = None
+    if run.step == spec.train.max_steps and spec.train.final_eval:
+        final = final_eval_and_sample(run)
+    run.logger.close()
+    return write_summary(run, stop, final, loop_s, t0)
 
-    config = config.copy_and_resolve_references()
-    t, T = config.train, config.data.seq_len
-    check_train_config(config)
-    if t.compilation_cache_dir:  # JAX's persistent cache: a resumed or repeated run skips XLA compilation
-        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
 
-    # 1-2. data and devices: all input errors surface here, before any compilation
-    train_split, val_split = open_data(config)
-    tokenizer = train_split.tokenizer
-    cfg = model_config(config, tokenizer)
-    config.model.vocab_size = cfg.vocab_size
-    cfg.check_tokens(T, max(train_split.max_id(), val_split.max_id()))
-    mesh, rules = mesh_and_rules(config, devices)
-    tx, schedule = make_optimizer(config.optim, cfg, t.max_steps)
-    eval_bs = t.eval_batch_size or t.batch_size
-    train_loader = Loader(train_split, T, t.batch_size, t.grad_accum, config.seed)
-    val_loader = Loader(val_split, T, eval_bs, 1, config.seed)
-
-    stop.check_startup()
-
-    # 3. run directory, locked (process 0) before anything in it is read or changed
-    run_dir = Path(config.run_root) / config.name
-    lead = jax.process_index() == 0
-    say = tqdm.write if lead else (lambda *_: None)
-    if lead:
-        lock = stack.enter_context(RunDirLock(run_dir))
-        if lock.stale:
-            say(f"note: took over the lock of a process that is gone ({lock.stale})")
-    ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
-                                 async_save=t.async_checkpoint, log=say)
-    check_run_dir(config, run_dir, cfg, tokenizer, ckpts)
-    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
-    if config.init_from and not ckpts.steps():
-        init = init_lib.load_init_params(config.init_from, cfg, tokenizer, config.seed)
-
-    # shardings of the state and the batch
-    p_sh = param_shardings(cfg, mesh, rules)
-    abstract_p = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    o_sh = opt_state_shardings(tx, abstract_p, p_sh, mesh)
-    rep = replicated(mesh)
-    state_sh = dict(params=p_sh, opt_state=o_sh, step=rep, rng=rep)
-    b_spec = batch_sharding(mesh, rules).spec
-    batch_sh = NamedSharding(mesh, P(None, *b_spec))  # (A, B, T+1): micro-batches whole, rows split
-
-    init_state = functools.partial(initial_state, cfg, tx)
-    abstract_state = jax.eval_shape(init_state, config.seed)
-
-    # 4. compile the train and eval steps under the mesh and logical-axis rules, from abstract shapes: the
-    #    memory check below stops an impossible fit before any state is allocated
-    n_params = param_count(cfg)
-    fpt = flops_per_token(cfg, T)
-    tokens_per_step = t.grad_accum * t.batch_size * T
-    k_steps = multistep.steps_per_call(t, fpt * tokens_per_step)
-    t_compile = time.time()
-    with activation_context(mesh, rules):
-        fns = compile_steps(cfg, tx, schedule, state_sh, abstract_state, batch_sh, k_steps,
-                            (t.grad_accum, t.batch_size, T + 1), lambda: activation_context(mesh, rules))
-        step_fn, multi_fn = fns["step"], fns.get("multi")  # multi_fn: None when one step per call
-        nll = make_nll_fn(cfg)
-        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: nll(p, b[0, :, :-1], b[0, :, 1:]).mean(), bs),
-                          in_shardings=(p_sh, NamedSharding(mesh, P(None, *batch_sh.spec))), out_shardings=rep)
-    compile_s = time.time() - t_compile
-    say(check_step_fits(multi_fn or step_fn, mesh.devices.flat))  # stops here if it cannot fit
-    stop.check_startup()
-
-    # 5. state, created or restored (the newest checkpoint that verifies) in its shardings
-    start, state = restore_state(ckpts, abstract_state, state_sh, t.checkpoint_fallback, say)
-    if state is not None:
-        say(f"resumed {run_dir} at step {start}" + (f" (init_from={config.init_from!r} ignored)" if config.init_from
-                                                     else ""))
-    else:
-        state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
-        if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
-            state["params"] = jax.device_put(init[0], p_sh)
-            say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
-    stop.check_startup()
-    if lead:
-        write_run_files(config, run_dir, tokenizer, start)
-        if init is not None:
-            init_lib.write_record(run_dir, init[1])
-        metrics_lib.rewind_metrics(run_dir, start)
-    logger = metrics_lib.MetricsLogger(run_dir, t.tensorboard, enabled=lead)
-
-    val_batches = global_batch(val_loader, 0, NamedSharding(mesh, P(None, *batch_sh.spec)), t.eval_batches)
-
-    def evaluate(params) -> float:  # all fixed val batches in one call: (eval_batches,) batch means
-        with activation_context(mesh, rules):
-            return float(np.mean(host(eval_fn(params, val_batches))))
-
-    peak = metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops)
-    say(f"model {n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | {tokens_per_step:,} tokens/step | "
-        f"{k_steps} step(s)/call | compile {compile_s:.1f}s | run dir {run_dir}")
-
-    # 6. the loop; `step` counts completed updates (= the next batch's index)
-    end = t.stop_at or t.max_steps
-    ckpt_every = t.checkpoint_every or t.eval_every
-    bar = tqdm(total=t.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not (
-        lead and t.progress))
-    last = dict(loss=None, val_loss=None)
-    step = start
+def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: float) -> float:
+    """Cadence only: step, log, eval + sample, checkpoint; `run.step` counts completed updates (= the next batch's
+    index). Metrics are read one call late, so the device never waits for the host. -> seconds in the loop."""
+    spec, t = run.spec, run.spec.train
+    bar = tqdm(total=t.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (run.lead and t.progress))
+    log = TrainLog(run.logger, bar, t.log_every, spec.end, spec.tokens_per_step,
+                   flops_per_token(spec.model, spec.seq_len), run.peak, t0, run.start, run.last, run.nonfinite)
+    watchdog = stack.enter_context(make_watchdog(t, spec.run_dir))
     loop_t0 = time.time()
-    nonfinite = metrics_lib.NonfiniteTally()
-    log = TrainLog(logger, bar, t.log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite)
-    watchdog = stack.enter_context(make_watchdog(t, run_dir))
     stop.in_loop = True  # from here a signal finishes the call and saves
     try:
-        if t.eval_at_start and start == 0:
+        if t.eval_at_start and run.start == 0:
             watchdog.beat("eval at step 0")
-            last["val_loss"] = evaluate(state["params"])
-            logger.write(dict(kind="eval", step=0, val_loss=last["val_loss"],
-                              val_ppl=metrics_lib.perplexity(last["val_loss"])))
+            run.evaluate(0)
         stopping = False
-        while step < end and not stopping:
-            watchdog.beat(f"train step {step + 1}")
-            injected_sleep("step", step + 1)
-            k = multistep.call_length(step, end, k_steps)  # k steps in this call (a multiple-of-k start)
-            if k > 1:
-                state, m = multi_fn(state, global_batch(train_loader, step, fns["multi_batch_sh"], k))
-            else:
-                state, m = step_fn(state, global_batch(train_loader, step, batch_sh))
-            log.add(step, k, m)  # read on the host one call later: the device never waits for the host
-            step += k
-            bar.update(k)
-            ckpts.check()  # a background save that failed stops the run here, in one message
-            boundary = step % t.eval_every == 0 or step == t.max_steps or step % ckpt_every == 0 or step == end
-            stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
-            log.flush(keep_last=not (boundary or stopping))
-            nonfinite.check(t.skip_nonfinite, ckpts, config.optim.lr)  # at boundaries: nothing non-finite is saved
-            val_loss = None
-            if step % t.eval_every == 0 or step == t.max_steps:
-                watchdog.beat(f"eval at step {step}")
-                val_loss = last["val_loss"] = evaluate(state["params"])
-                ppl = metrics_lib.perplexity(val_loss)
-                logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=ppl))
-                say(f"step {step}: val loss {val_loss:.4f}, ppl {ppl:.2f}")
-                final_follows = step == t.max_steps and t.final_eval  # which prints its own sample
-                text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead and not final_follows else None
-                if text is not None:
-                    say("  sample: " + text.replace("\n", "\n  | "))
-            if step % ckpt_every == 0 or step == end or stopping:
-                watchdog.beat(f"checkpoint save at step {step}")
-                meta = ckpt_lib.checkpoint_meta(step, cfg, tokenizer, config.seed, t.grad_accum * t.batch_size)
-                ckpts.save(step, state["params"], {k: state[k] for k in ("opt_state", "step", "rng")}, meta, val_loss)
-        watchdog.beat(f"checkpoint wait at step {step}")
-        ckpts.wait()
+        while run.step < spec.end and not stopping:
+            watchdog.beat(f"train step {run.step + 1}")
+            injected_sleep("step", run.step + 1)
+            stopping = train_call(run, stop, log, bar)
+            at_eval = run.step % t.eval_every == 0 or run.step == t.max_steps
+            val_loss = eval_and_sample(run, watchdog) if at_eval else None
+            if run.step % t.checkpoint_every == 0 or run.step == spec.end or stopping:
+                watchdog.beat(f"checkpoint save at step {run.step}")
+                run.save(run.step, val_loss)
+        watchdog.beat(f"checkpoint wait at step {run.step}")
+        run.ckpts.wait()
     finally:
-        try:
-            log.flush(keep_last=False)
-        except Exception:  # noqa: BLE001 - only while another error propagates
-            pass
-        loop_s = time.time() - loop_t0
-        bar.close()
-        watchdog.stop()
-        try:
-            ckpts.close()
-        except SaveError as e:  # only reached while another error propagates: report both
-            say(f"error: {e}")
+        close_loop(run, log, bar, watchdog)
         stop.in_loop = False
+    return time.time() - loop_t0
 
-    # final: the whole val split, sliding windows shared with the evaluation suite
-    final = None
-    if step == t.max_steps and t.final_eval:
-        final = final_eval(cfg, state["params"], val_split, T, t.final_eval_stride or max(1, T // 2), eval_bs,
-                           mesh, rules, lead and t.progress)
-        logger.write(dict(kind="final", step=step, **final))
-        say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
-            f"({final['tokens']:,} val tokens, sliding windows of {T}, stride {final['stride']})")
-        text = sample_text(cfg, state["params"], tokenizer, t, seed=step) if lead else None
-        if text is not None:
-            say("sample:\n" + text)
-    logger.close()
-    summary = dict(run_dir=str(run_dir), start_step=start, step=step, max_steps=t.max_steps,
-                   stopped_early=step < t.max_steps, stopped_by=stop.requested,
-                   nonfinite_steps=nonfinite.count, params=n_params, loss=last["loss"], val_loss=last["val_loss"],
-                   final=final, compile_s=compile_s)
-    summary.update(compute_summary(cfg, T, tokens_per_step, step, step - start, loop_s, time.time() - t0, peak))
-    if lead:
-        if t.plot:
-            metrics_lib.plot_losses(run_dir)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+def train_call(run: Run, stop: StopSignals, log: TrainLog, bar) -> bool:
+    """One compiled call (k steps); metrics are queued and read one call later. -> whether to stop after it."""
+    t, step = run.spec.train, run.step
+    k = multistep.call_length(step, run.spec.end, t.steps_per_call)  # k steps in this call (a multiple-of-k start)
+    if k > 1:
+        run.state, m = run.fns["multi"](run.state, global_batch(run.train_loader, step, run.layout.stacked_batch, k))
+    else:
+        run.state, m = run.fns["step"](run.state, global_batch(run.train_loader, step, run.layout.batch))
+    log.add(step, k, m)
+    run.step = step = step + k
+    bar.update(k)
+    run.ckpts.check()  # a background save that failed stops the run here, in one message
+    boundary = (step % t.eval_every == 0 or step == t.max_steps or step % t.checkpoint_every == 0
+                or step == run.spec.end)
+    stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
+    log.flush(keep_last=not (boundary or stopping))
+    run.nonfinite.check(t.skip_nonfinite, run.ckpts, run.spec.optim.lr)  # at boundaries: nothing non-finite saved
+    return stopping
+
+
+def eval_and_sample(run: Run, watchdog) -> float:
+    """A periodic evaluation on the fixed val batches, printed with a sample (unless the final eval follows,
+    which prints its own)."""
+    watchdog.beat(f"eval at step {run.step}")
+    val_loss = run.evaluate(run.step)
+    run.say(f"step {run.step}: val loss {val_loss:.4f}, ppl {metrics_lib.perplexity(val_loss):.2f}")
+    final_follows = run.step == run.spec.train.max_steps and run.spec.train.final_eval
+    if not final_follows and (text := run.sample(run.step)) is not None:
+        run.say("  sample: " + text.replace("\n", "\n  | "))
+    return val_loss
+
+
+def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
+    """After the loop, also while an error propagates: read the last metrics, stop helpers, close checkpoints."""
+    try:
+        log.flush(keep_last=False)
+    except Exception:  # noqa: BLE001 - only while another error propagates
+        pass
+    bar.close()
+    watchdog.stop()
+    try:
+        run.ckpts.close()
+    except SaveError as e:  # only reached while another error propagates: report both
+        run.say(f"error: {e}")
+
+
+def final_eval_and_sample(run: Run) -> dict:
+    """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample."""
+    spec, t = run.spec, run.spec.train
+    final = final_eval(spec.model, run.state["params"], run.val_split, spec.seq_len, t.final_eval_stride,
+                       t.eval_batch_size, run.layout.mesh, run.layout.rules, run.lead and t.progress)
+    run.logger.write(dict(kind="final", step=run.step, **final))
+    run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
+            f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})")
+    if (text := run.sample(run.step)) is not None:
+        run.say("sample:\n" + text)
+    return final
+
+
+def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float, t0: float) -> dict:
+    spec, step = run.spec, run.step
+    summary = dict(run_dir=str(spec.run_dir), start_step=run.start, step=step, max_steps=spec.train.max_steps,
+                   stopped_early=step < spec.train.max_steps, stopped_by=stop.requested,
+                   nonfinite_steps=run.nonfinite.count, params=param_count(spec.model), loss=run.last["loss"],
+                   val_loss=run.last["val_loss"], final=final, compile_s=run.compile_s)
+    summary.update(compute_summary(spec.model, spec.seq_len, spec.tokens_per_step, step, step - run.start, loop_s,
+                                   time.time() - t0, run.peak))
+    if run.lead:
+        if spec.train.plot:
+            metrics_lib.plot_losses(spec.run_dir)
+        (spec.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_collections
 
 from gpt2jax.config import ConfigError, GPTConfig
-from gpt2jax.sharding import DEFAULT_RULES, data_parallel_size, make_mesh, normalize_rules
+from gpt2jax.sharding import DEFAULT_RULES, check_batch_splits, data_parallel_size, make_mesh, normalize_rules
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -136,14 +136,10 @@ def mesh_and_rules(config, devices=None):
     mesh = make_mesh(dict(config.mesh), devices)
     rules = normalize_rules(config.sharding_rules)
     dp = data_parallel_size(mesh, rules)
-    eval_bs = config.train.eval_batch_size or config.train.batch_size
-    for field, value in (("batch_size", config.train.batch_size), ("eval_batch_size", eval_bs)):
-        if value % dp:
-            raise ConfigError(
-                f"train.{field}={value} is not divisible by the {dp} data-parallel devices (mesh "
-                f"{dict(mesh.shape)}; the batch is split over {_batch_axes(rules)}). Use a multiple of {dp}, "
-                f"e.g. --config.train.{field}={max(dp, value // dp * dp)}, or change --config.mesh.*."
-            )
+    where = f" (mesh {dict(mesh.shape)}; the batch is split over {_batch_axes(rules)})"
+    for field in ("batch_size", "eval_batch_size"):  # eval_batch_size 0 (not yet resolved): batch_size's check
+        if config.train[field]:
+            check_batch_splits(config.train[field], dp, f"--config.train.{field}", where, ", or change --config.mesh.*")
     return mesh, rules
 
 

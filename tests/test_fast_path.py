@@ -19,7 +19,8 @@ from gpt2jax.model import GPT, attention_impl, init_params
 from gpt2jax.multistep import call_length, steps_per_call
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import make_mesh, param_shardings
-from gpt2jax.train import initial_state, make_train_step, parse_config, train
+from gpt2jax.state import initial_state
+from gpt2jax.train import make_train_step, parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = {"tokens_per_s", "mfu", "elapsed_s"}

@@ -18,7 +18,8 @@ from gpt2jax.data.shards import open_split
 from gpt2jax.model import GPT, mean_loss
 from gpt2jax.optim import decay_mask, lr_schedule, make_optimizer
 from gpt2jax.sharding import make_mesh, param_shardings, replicated
-from gpt2jax.train import initial_state, make_train_step, parse_config, train
+from gpt2jax.state import initial_state
+from gpt2jax.train import make_train_step, parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 UNIGRAM_XENT = 3.35  # cross-entropy of Tiny Shakespeare's val characters under train character frequencies

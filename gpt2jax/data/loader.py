@@ -14,7 +14,8 @@ import functools
 import jax
 import numpy as np
 
-from gpt2jax.data.shards import DataError, TokenSplit
+from gpt2jax.data.shards import TokenSplit
+from gpt2jax.errors import DataError
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from gpt2jax.data.shards import META_FILE, TOKEN_DTYPE, DataError, write_meta, write_shard
+from gpt2jax.data.shards import META_FILE, TOKEN_DTYPE, write_meta, write_shard
+from gpt2jax.errors import DataError
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, sha256_file, tokenizer_from_dict
 
 CHUNK_CHARS = 1 << 20  # cut documents into ~1 MiB pieces for the worker pool

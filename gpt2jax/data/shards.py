@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from gpt2jax.errors import DataError
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, tokenizer_from_dict
 
 HEADER_INTS = 256  # 1024-byte header, the same size as llm.c's
@@ -38,10 +39,6 @@ NANOGPT_NAMES = ("train.bin", "val.bin")
 META_FILE = "meta.json"
 META_FORMAT = "gpt2jax-shards"
 TOKEN_DTYPE = np.dtype("<u2")
-
-
-class DataError(ValueError):
-    """Data that cannot be used as asked. The message names the file and the fix."""
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

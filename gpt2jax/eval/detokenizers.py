@@ -18,6 +18,9 @@ from typing import Callable
 
 Rule = tuple[str, str, str]
 
+# no spaces around line ends (every space-tokenized format needs it)
+LINE_END_RULES: tuple[Rule, ...] = (("text", " \n", "\n"), ("text", "\n ", "\n"))
+
 WIKITEXT_RULES: tuple[Rule, ...] = (
     # contractions: a possessive apostrophe after a plural s ("players ' union" -> "players' union")
     ("text", "s '", "s'"),
@@ -46,9 +49,7 @@ WIKITEXT_RULES: tuple[Rule, ...] = (
     ("text", "= =", "=="),
     # degree sign
     ("text", " \u00b0 ", "\u00b0"),
-    # no spaces around line ends
-    ("text", " \n", "\n"),
-    ("text", "\n ", "\n"),
+    *LINE_END_RULES,
     # the number placeholder
     ("text", " N ", " 1 "),
     # possessive 's
@@ -57,8 +58,7 @@ WIKITEXT_RULES: tuple[Rule, ...] = (
 
 PTB_RULES: tuple[Rule, ...] = (
     ("text", " '", "'"),  # 's, 're, 've ... and closing quotes attach to the previous word
-    ("text", " \n", "\n"),
-    ("text", "\n ", "\n"),
+    *LINE_END_RULES,
     ("text", " n't", "n't"),  # "was n't" -> "wasn't"
     # the number placeholder N becomes a number. Megatron-LM writes "1 " (no leading space: "plunged1 points"),
     # which looks like a typo next to its WikiText rule " 1 "; we keep the space.
@@ -80,8 +80,7 @@ GENERIC_RULES: tuple[Rule, ...] = (
     ("text", "( ", "("),
     ("text", " )", ")"),
     ("text", "$ ", "$"),
-    ("text", " \n", "\n"),
-    ("text", "\n ", "\n"),
+    *LINE_END_RULES,
 )
 
 DETOKENIZER_RULES: dict[str, tuple[Rule, ...]] = {

@@ -168,7 +168,7 @@ class GPT2JaxLM(TemplateLM):
         return out  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], kwargs: dict) -> list[str]:
-        from gpt2jax.generate import Sampling, generate_text_ids
+        from gpt2jax.generate import Sampling, generate_text_ids, nonempty_prompt
 
         until = kwargs.pop("until", None) or []
         until = ([until] if isinstance(until, str) else list(until)) + [self.tokenizer.decode([self.eot_token_id])]
@@ -176,7 +176,7 @@ class GPT2JaxLM(TemplateLM):
         if max_new >= self.max_length:
             raise ConfigError(f"max_gen_toks={max_new} leaves no room for a prompt in max_length={self.max_length}")
         keep = self.max_length - max_new  # the hf backend's left truncation of the context
-        prompts = [p[-keep:] or [self.eot_token_id] for p in prompts]
+        prompts = [nonempty_prompt(p[-keep:], self.tokenizer) for p in prompts]
         sampling = {"temperature": float(kwargs.pop("temperature", 0.0) or 0.0) if kwargs.pop("do_sample") else 0.0}
         for name in ("top_k", "top_p", "seed"):
             if kwargs.get(name) is not None:

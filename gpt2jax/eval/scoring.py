@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.config import GPTConfig
 from gpt2jax.data.loader import local_rows
 from gpt2jax.model import GPT
-from gpt2jax.sharding import (DEFAULT_RULES, activation_context, batch_sharding, data_parallel_size, make_mesh,
-                              param_shardings, replicated)
+from gpt2jax.sharding import (DEFAULT_RULES, activation_context, batch_sharding, check_batch_splits,
+                              data_parallel_size, make_mesh, param_shardings, replicated)
 
 
 def nll_and_greedy(logits, targets) -> dict:
@@ -48,12 +48,7 @@ class Scorer:
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         self.rules = rules
-        dp = data_parallel_size(self.mesh, rules)
-        if batch_size < 1 or batch_size % dp:
-            raise ConfigError(
-                f"--batch_size {batch_size} must be a positive multiple of the data-parallel size {dp} "
-                f"(the batch is split over {dp} devices); try --batch_size {max(dp, (batch_size // dp) * dp)}"
-            )
+        check_batch_splits(batch_size, data_parallel_size(self.mesh, rules), "--batch_size")
         self.batch_size = batch_size
         self.positions_scored = 0
         p_sh = param_shardings(cfg, self.mesh, rules)

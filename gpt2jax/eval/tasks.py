@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gpt2jax.config import GPT2_PRESETS, GPT2_VOCAB_SIZE
+from gpt2jax.errors import DataError
 from gpt2jax.shipped import shipped_path
 
 SHIPPED_DIR = shipped_path("eval")  # data/eval in the checkout, gpt2jax/shipped/eval in an installed wheel
@@ -36,10 +37,6 @@ def _default_data_dir() -> Path:
 DEFAULT_DATA_DIR = _default_data_dir()
 
 GPT2_SIZES = tuple(GPT2_PRESETS)  # the released sizes, smallest first
-
-
-class DataError(ValueError):
-    """Bad data option (a path that does not exist, an unknown key). The message says what to pass instead."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import jax
 
-from gpt2jax.config import ConfigError
+from gpt2jax.config import GPT2_VOCAB_SIZE, ConfigError
 from gpt2jax.eval import protocols, report
-from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, DataError, Task, all_data_files,
+from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
+from gpt2jax.errors import DataError
+from gpt2jax.sharding import check_batch_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,14 +83,12 @@ def check_options(args, cfg, tokenizer, n_devices: int) -> tuple[int, int, int]:
     stride = args.stride or max(1, n_ctx // 2)
     if not 1 <= stride <= n_ctx:
         raise ConfigError(f"--stride {stride} must be between 1 and n_ctx={n_ctx} (n_ctx // 2 is a good default)")
-    batch_size = args.batch_size or n_devices * -(-8 // n_devices)
-    if batch_size % n_devices:
-        raise ConfigError(f"--batch_size {batch_size} is not a multiple of the {n_devices} devices; "
-                          f"use {n_devices * -(-batch_size // n_devices)}")
+    batch_size = args.batch_size or n_devices * -(-8 // n_devices)  # default: 8, rounded up to split evenly
+    check_batch_splits(batch_size, n_devices, "--batch_size")  # the Scorer's default mesh: all devices data-parallel
     if getattr(tokenizer, "name", None) != "gpt2" or tokenizer.n_vocab > cfg.vocab_size:
         raise ConfigError(
-            f"the zero-shot tasks need a GPT-2 BPE model (tokenizer 'gpt2', vocab_size >= 50257); this model uses "
-            f"the {getattr(tokenizer, 'name', '?')!r} tokenizer with vocab_size={cfg.vocab_size}.")
+            f"the zero-shot tasks need a GPT-2 BPE model (tokenizer 'gpt2', vocab_size >= {GPT2_VOCAB_SIZE}); this "
+            f"model uses the {getattr(tokenizer, 'name', '?')!r} tokenizer with vocab_size={cfg.vocab_size}.")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     return n_ctx, stride, batch_size

@@ -1,0 +1,81 @@
+"""A training config, resolved once: `resolve(config, tokenizer) -> TrainSpec`.
+
+Config fields that mean "the default" when 0 (`train.eval_batch_size`, `checkpoint_every`, `final_eval_stride`,
+`steps_per_call`, `optim.decay_steps`, `model.vocab_size`) are decided here and nowhere else; the result is
+frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the whole config with
+those fields filled in: it is what `<run_dir>/config.json` records.
+
+Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`mesh` sizes of -1,
+from the devices: `gpt2jax.train_config.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
+kind: `gpt2jax.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`,
+`model.scan_unroll`: `gpt2jax.model`, at trace time).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+
+from gpt2jax import multistep
+from gpt2jax.config import GPTConfig
+from gpt2jax.generate import Sampling
+from gpt2jax.model import flops_per_token
+from gpt2jax.optim import OptimSpec
+from gpt2jax.train_config import check_train_config, model_config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    config: ml_collections.FrozenConfigDict  # every field resolved; written to <run_dir>/config.json
+    model: GPTConfig  # vocab_size from the tokenizer
+    optim: OptimSpec  # decay_steps resolved
+    sampling: Sampling | None  # samples at evals; None: train.sample_tokens = 0
+    end: int  # the step this invocation stops at: train.stop_at, else train.max_steps
+
+    @property
+    def train(self):
+        return self.config.train
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.data.seq_len
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_root) / self.config.name
+
+    @property
+    def rows_per_step(self) -> int:
+        """Sequences per optimizer step: micro-batches x rows."""
+        return self.train.grad_accum * self.train.batch_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.rows_per_step * self.seq_len
+
+    @property
+    def batch_shape(self) -> tuple[int, int, int]:
+        """(A, B, T+1): micro-batches, rows, tokens (inputs and targets overlap by all but one)."""
+        return self.train.grad_accum, self.train.batch_size, self.seq_len + 1
+
+
+def resolve(config, tokenizer) -> TrainSpec:
+    """Check the config and decide every default it leaves open, given the data's tokenizer."""
+    check_train_config(config)
+    c = config.copy_and_resolve_references()
+    t = c.train
+    model = model_config(c, tokenizer)
+    c.model.vocab_size = model.vocab_size
+    t.eval_batch_size = t.eval_batch_size or t.batch_size
+    t.checkpoint_every = t.checkpoint_every or t.eval_every
+    t.final_eval_stride = t.final_eval_stride or max(1, c.data.seq_len // 2)
+    t.steps_per_call = multistep.steps_per_call(t, flops_per_token(model, c.data.seq_len) * t.grad_accum
+                                                * t.batch_size * c.data.seq_len)
+    optim = OptimSpec.resolve(c.optim, t.max_steps)
+    c.optim.decay_steps = optim.decay_steps
+    sampling = None
+    if t.sample_tokens > 0:  # sample_top_k 0: no top-k filter; the seed is the step of each sample
+        sampling = Sampling(temperature=t.sample_temperature, top_k=t.sample_top_k or None)
+    return TrainSpec(config=ml_collections.FrozenConfigDict(c), model=model, optim=optim, sampling=sampling,
+                     end=t.stop_at or t.max_steps)

@@ -1,0 +1,73 @@
+"""The training state and where it lives, from one place: `StateLayout`.
+
+The state is a dict: params, opt_state (AdamW moments + counters), step (int32) and rng (raw uint32 key data,
+which orbax can save). `StateLayout.build` gives, together, its abstract shapes (nothing allocated), the
+shardings of every leaf (params by the logical-axis rules, Adam moments like their params, the rest
+replicated), the shardings of the token batches, the targets that checkpoints restore onto, and the jitted
+function that creates a fresh state directly in those shardings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gpt2jax.model import init_params
+from gpt2jax.sharding import batch_sharding, opt_state_shardings, param_shardings, replicated
+
+TRAIN_KEYS = ("opt_state", "step", "rng")  # what a checkpoint saves beside the params (its "train" item)
+
+
+def initial_state(cfg, tx, seed: int) -> dict:
+    """Training state at step 0: GPT-2-initialised params, fresh optimizer state, and the dropout RNG key
+    (raw uint32 key data, which orbax can save)."""
+    params = init_params(cfg, jax.random.key(seed))
+    return dict(params=params, opt_state=tx.init(params), step=jnp.int32(0),
+                rng=jax.random.key_data(jax.random.key(seed + 1)))
+
+
+def train_items(state: dict) -> dict:
+    """The part of the state a checkpoint keeps beside the params."""
+    return {k: state[k] for k in TRAIN_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    cfg: object  # GPTConfig
+    tx: object  # optax.GradientTransformation
+    mesh: Mesh
+    rules: tuple  # the logical-axis rules the shardings were made with
+    abstract: dict  # ShapeDtypeStructs of the state, no sharding
+    shardings: dict  # the same tree of NamedShardings
+    batch: NamedSharding  # one step's tokens (A, B, T+1): micro-batches whole, rows over the data axes
+
+    @classmethod
+    def build(cls, cfg, tx, mesh: Mesh, rules) -> "StateLayout":
+        abstract = jax.eval_shape(functools.partial(initial_state, cfg, tx), 0)
+        p_sh = param_shardings(cfg, mesh, rules)
+        rep = replicated(mesh)
+        shardings = dict(params=p_sh, opt_state=opt_state_shardings(tx, abstract["params"], p_sh, mesh),
+                         step=rep, rng=rep)
+        batch = NamedSharding(mesh, P(None, *batch_sharding(mesh, rules).spec))
+        return cls(cfg, tx, mesh, tuple(rules), abstract, shardings, batch)
+
+    @property
+    def stacked_batch(self) -> NamedSharding:
+        """Several steps' batches (n, A, B, T+1): a K-steps call's batches, or the fixed eval batches."""
+        return NamedSharding(self.mesh, P(None, *self.batch.spec))
+
+    def target(self, key: str):
+        """Restore target of one state entry: its shapes with the shardings to restore onto."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract[key], self.shardings[key])
+
+    def train_target(self) -> dict:
+        return {k: self.target(k) for k in TRAIN_KEYS}
+
+    def create(self, seed: int) -> dict:
+        """A fresh state for `seed`, created directly in its shardings."""
+        init = functools.partial(initial_state, self.cfg, self.tx)
+        return jax.jit(init, static_argnums=0, out_shardings=self.shardings)(seed)
