@@ -18,11 +18,7 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections==1.1.0 tensorboardX
 # then: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=580)
 # Try it on a CPU first: GPU_CHECK_TOY=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh
-set -u
-OUT=${OUT:-$(mktemp -d)}
-PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-500}
-LOG_NAME=gpu_check.log
+DEFAULT_BUDGET_S=500 LOG_NAME=gpu_check.log
 source bench/gpu_common.sh
 (nvidia-smi || true) > "$R/nvidia-smi.txt" 2>&1
 if [ -n "${GPU_CHECK_TOY:-}" ]; then

@@ -1,5 +1,10 @@
 # Sourced by bench/gpu_check.sh and bench/gpu_confirm.sh (device calls): set-up and a budgeted `part` runner.
-# Needs OUT, PY, BUDGET and LOG_NAME set; sets W (scratch), R (results folder, tarred at the end), START.
+# Needs DEFAULT_BUDGET_S and LOG_NAME; reads OUT (the device tool's), PYTHON and GPU_CHECK_BUDGET_S from the
+# environment; sets W (scratch), R (results folder, tarred at the end), START.
+set -u
+OUT=${OUT:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET_S:-$DEFAULT_BUDGET_S}
 W=$(mktemp -d)
 R="$W/results"
 mkdir -p "$R"

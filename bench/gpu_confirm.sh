@@ -2,11 +2,7 @@
 # A short follow-up to bench/gpu_check.sh (one device call, ~5 min): the default model (layers unrolled on a GPU)
 # at 124M B16 and B32 vs torch with XLA's Triton GEMMs off, the same without the flag (gpt2jax alone), and the
 # GPU parity tests with per-test durations. Same set-up as gpu_check.sh (carry .whl); results in $OUT/results.tgz.
-set -u
-OUT=${OUT:-$(mktemp -d)}
-PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-320}
-LOG_NAME=gpu_confirm.log
+DEFAULT_BUDGET_S=320 LOG_NAME=gpu_confirm.log
 source bench/gpu_common.sh
 if [ -n "${GPU_CHECK_TOY:-}" ]; then COMMON=(--only gpu --toy --gpu_steps 2 --repeats 2); TESTS=(-k float64)
 else COMMON=(--only gpu --gpu_steps 10 --repeats 3); TESTS=(--timeout 100); fi
