@@ -5,7 +5,9 @@ approximation, learned position embeddings, causal self-attention, a final Layer
 token embedding. Module names are GPT-2's own (wte, wpe, h, ln_1, attn/c_attn, attn/c_proj, ln_2, mlp/c_fc,
 mlp/c_proj, ln_f) so official weights map onto this tree by name (see `gpt2jax.hf`).
 
-The layers are one `nn.scan` over a stacked `h` (leading axis "layers"), so compile time does not grow with depth.
+The layers are one `nn.scan` over a stacked `h` (leading axis "layers"); `layer_unroll` unrolls it fully for models
+up to 24 layers (faster steps, see its docstring) and keeps it rolled deeper, where compile time then does not
+grow with depth.
 Generation uses `GPT.decode`, the cached forward pass over the same modules (layers unrolled, one key/value cache
 per layer; see its docstring); `gpt2jax.generate` runs the decode loop around it. Every parameter carries logical axis names; `gpt2jax.sharding` maps them to mesh axes. Without a mesh the
 annotations are no-ops and the same code runs on one device.
