@@ -297,6 +297,25 @@ def test_continue_text_slides_past_the_context_window(params):
     assert text[5 + 59:] == tok.decode(generate_ids(CFG, params, [window], 32, GREEDY)[0]) + text[5 + 59 + 32:]
 
 
+def test_continue_text_compiles_one_program_for_all_its_chunks(params):
+    """Three chunks of different prompt/continuation lengths share one compiled program (compiling is most of
+    a short sample's time), with the tokens of separately bucketed calls."""
+    from gpt2jax import generate as generate_lib
+
+    tok = CharTokenizer("".join(chr(c) for c in range(32, 132)))
+    sampling = Sampling(top_k=5, seed=3)
+    before = set(generate_lib._COMPILED)
+    text = continue_text(CFG, params, tok, "hi", 150, sampling)  # chunks of 62, 32, 32 and 24 tokens
+    assert len(set(generate_lib._COMPILED) - before) == 1
+    ids, produced = tok.encode("hi"), []
+    for chunk, n in enumerate((62, 32, 32, 24)):  # the same chunks, each compiled for its own buckets
+        new = generate_ids(CFG, params, [(ids + produced)[-32:]], n, sampling.replace(seed=3000 + chunk))[0]
+        produced += new
+    assert text == "hi" + tok.decode(produced)
+    with pytest.raises(GenerationError, match="buckets"):
+        generate(CFG, params, [[1, 2, 3]], 10, GREEDY, buckets=(2, 64))
+
+
 def test_generation_runs_on_sharded_params(params):
     """Training samples from its FSDP + tensor-parallel params as they are (nothing gathered onto one device)."""
     from gpt2jax.sharding import make_mesh, param_shardings
