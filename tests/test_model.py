@@ -184,3 +184,18 @@ def test_bfloat16_compute_keeps_float32_params():
     assert logits.dtype == jnp.float32
     ref = GPT(TINY).apply({"params": params}, tokens)
     assert float(jnp.max(jnp.abs(logits - ref))) < 0.05  # bf16 has ~3 significant digits
+
+
+def test_init_through_the_rolled_scan_equals_the_unrolled_modules_own_init():
+    # init_params always initialises through the rolled scan (faster to compile); the unroll factor must not
+    # change the values, or a run's initial weights would depend on model.scan_unroll.
+    import flax.linen as nn
+
+    key, tokens = jax.random.key(3), jnp.zeros((1, 1), jnp.int32)
+    for unroll in (0, 3):
+        cfg = TINY.replace(scan_unroll=unroll)
+        own = nn.meta.unbox(GPT(cfg).init(key, tokens)["params"])
+        ours = init_params(cfg, key)
+        assert jax.tree.structure(own) == jax.tree.structure(ours)
+        for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(ours)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
