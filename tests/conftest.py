@@ -1,10 +1,21 @@
-"""Test setup: 8 simulated CPU devices (must happen before any JAX op), shared fixtures and markers."""
+"""Test setup: 8 simulated CPU devices (must happen before any JAX op), one persistent XLA cache for the session,
+shared fixtures and markers."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Many tests train the same tiny configs in separate train() calls: each builds new jitted functions, which jit's
+# in-memory cache cannot share, so the same programs were compiled again and again (most of a tiny run's seconds).
+# JAX's persistent cache keys on the compiled program itself: each program compiles once per session. A fresh
+# directory per session: nothing carries over between runs. (Child processes the tests start do not inherit it.)
+XLA_CACHE = tempfile.mkdtemp(prefix="gpt2jax-tests-xla-")
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 

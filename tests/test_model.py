@@ -1,4 +1,9 @@
-"""Model structure and equivalences: parameter counts, scan/unroll, remat, attention paths, padding, KV cache."""
+"""Model structure and equivalences: parameter counts, scan/unroll, remat, attention paths, padding, KV cache.
+
+Tests that run a model several times run it under jax.jit, as training and evaluation do: op-by-op (eager) dispatch
+of a forward and backward pass cost tens of seconds per test on a 2-core CPU, one compiled program a few."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,16 +41,32 @@ def test_parameter_names_and_logical_axes():
         assert all(name is not None for name in spec), "every parameter axis has a logical name"
 
 
-def _loss_and_grads(cfg, params, tokens):
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(cfg, params, tokens):
+    return GPT(cfg).apply({"params": params}, tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_loss_and_grads(cfg, params, tokens):
+    """Logits for all of tokens (B, T); loss and grads of predicting tokens[:, 1:] from tokens[:, :-1]."""
     def loss_fn(p):
         return mean_loss(GPT(cfg).apply({"params": p}, tokens[:, :-1]), tokens[:, 1:])
 
-    return jax.value_and_grad(loss_fn)(params)
+    return (GPT(cfg).apply({"params": params}, tokens), *jax.value_and_grad(loss_fn)(params))
 
 
 def _rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    """Params, tokens and the default model's logits, loss and grads (computed once for all the variants)."""
+    params = init_params(TINY, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, TINY.vocab_size)
+    with jax.default_matmul_precision("highest"):  # as full_precision_matmuls (function-scoped) gives the tests
+        return params, tokens, _logits_loss_and_grads(TINY, params, tokens)
 
 
 @pytest.mark.parametrize(
@@ -54,15 +75,10 @@ def _rel(a, b):
      dict(scan_unroll=3, remat="full", attention="reference")],
     ids=["unrolled", "rolled", "remat_full", "remat_dots", "reference_attention", "all_three"],
 )
-def test_variants_match_baseline(variant):
+def test_variants_match_baseline(variant, baseline):
     """Scan vs unrolled layers, remat on vs off, dot_product_attention vs reference: same outputs and grads."""
-    params = init_params(TINY, jax.random.key(0))
-    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, TINY.vocab_size)
-    base_logits = GPT(TINY).apply({"params": params}, tokens)
-    base_loss, base_grads = _loss_and_grads(TINY, params, tokens)
-    other = TINY.replace(**variant)
-    logits = GPT(other).apply({"params": params}, tokens)
-    loss, grads = _loss_and_grads(other, params, tokens)
+    params, tokens, (base_logits, base_loss, base_grads) = baseline
+    logits, loss, grads = _logits_loss_and_grads(TINY.replace(**variant), params, tokens)
     assert _rel(logits, base_logits) <= 1e-5
     assert _rel(loss, base_loss) <= 1e-5
     for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
@@ -73,7 +89,7 @@ def test_attention_matches_float64_recomputation():
     """The whole forward pass against an independent float64 numpy GPT-2."""
     params = init_params(TINY, jax.random.key(2))
     tokens = np.asarray(jax.random.randint(jax.random.key(3), (2, 9), 0, TINY.vocab_size))
-    ours = np.asarray(GPT(TINY).apply({"params": params}, tokens), np.float64)
+    ours = np.asarray(GPT(TINY).apply({"params": params}, tokens), np.float64)  # one forward: eager is cheaper
     ref = _numpy_gpt2(jax.tree.map(lambda x: np.asarray(x, np.float64), params), tokens, TINY)
     assert np.max(np.abs(ours - ref)) <= 1e-4
 
@@ -115,30 +131,31 @@ def test_padded_vocab_never_wins_and_matches_unpadded():
     # Make the padded rows as attractive as possible: they must still never be chosen.
     params["wte"]["embedding"] = params["wte"]["embedding"].at[TINY.vocab_size:].set(10.0)
     tokens = jax.random.randint(jax.random.key(5), (2, 12), 0, TINY.vocab_size)
-    logits = GPT(padded).apply({"params": params}, tokens)
+    logits = _logits(padded, params, tokens)
     assert logits.shape[-1] == 128
     assert bool(jnp.all(jnp.argmax(logits, -1) < TINY.vocab_size))
     assert bool(jnp.all(jax.nn.softmax(logits)[..., TINY.vocab_size:] == 0))
     # Same loss as the unpadded model holding the real rows.
     real = dict(params, wte={"embedding": params["wte"]["embedding"][: TINY.vocab_size]})
     loss_padded = mean_loss(logits[:, :-1], tokens[:, 1:])
-    loss_real = mean_loss(GPT(TINY).apply({"params": real}, tokens)[:, :-1], tokens[:, 1:])
+    loss_real = mean_loss(_logits(TINY, real, tokens)[:, :-1], tokens[:, 1:])
     np.testing.assert_allclose(loss_padded, loss_real, rtol=1e-6)
-    grads = jax.grad(lambda p: mean_loss(GPT(padded).apply({"params": p}, tokens)[:, :-1], tokens[:, 1:]))(params)
+    grads = _logits_loss_and_grads(padded, params, tokens)[2]
     assert bool(jnp.all(jnp.isfinite(grads["wte"]["embedding"])))
 
 
 def test_kv_cache_chunks_match_full_forward():
     params = init_params(TINY, jax.random.key(6))
     tokens = jax.random.randint(jax.random.key(7), (2, 10), 0, TINY.vocab_size)
-    full = GPT(TINY).apply({"params": params}, tokens)
+    full = _logits(TINY, params, tokens)
     cache = init_layer_caches(TINY, 2, 16)
+    decode = jax.jit(functools.partial(GPT(TINY).apply, method=GPT.decode))  # one compile per chunk size
     valid = jnp.ones((2, 16), bool)
     pieces, start = [], 0
     for size in (4, 1, 1, 3, 1):
         pos = jnp.broadcast_to(jnp.arange(start, start + size), (2, size))
-        logits, cache = GPT(TINY).apply({"params": params}, tokens[:, start:start + size], pos, split_layers(params),
-                                        cache, start, valid, method=GPT.decode)
+        logits, cache = decode({"params": params}, tokens[:, start:start + size], pos, split_layers(params), cache,
+                               start, valid)
         pieces.append(logits)
         start += size
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
@@ -148,11 +165,12 @@ def test_dropout_only_in_training_and_seeded():
     cfg = TINY.replace(dropout=0.2)
     params = init_params(cfg, jax.random.key(8))
     tokens = jax.random.randint(jax.random.key(9), (2, 8), 0, cfg.vocab_size)
-    evals = [GPT(cfg).apply({"params": params}, tokens) for _ in range(2)]
+    evals = [_logits(cfg, params, tokens) for _ in range(2)]
     np.testing.assert_array_equal(evals[0], evals[1])
-    np.testing.assert_array_equal(evals[0], GPT(TINY).apply({"params": params}, tokens))
-    train = lambda seed: GPT(cfg).apply({"params": params}, tokens, deterministic=False,
-                                        rngs={"dropout": jax.random.key(seed)})
+    np.testing.assert_array_equal(evals[0], _logits(TINY, params, tokens))
+    train_fwd = jax.jit(lambda p, t, key: GPT(cfg).apply({"params": p}, t, deterministic=False,
+                                                         rngs={"dropout": key}))
+    train = lambda seed: train_fwd(params, tokens, jax.random.key(seed))  # noqa: E731
     np.testing.assert_array_equal(train(1), train(1))
     assert not np.allclose(train(1), train(2))
 
@@ -162,7 +180,7 @@ def test_bfloat16_compute_keeps_float32_params():
     params = init_params(cfg, jax.random.key(10))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     tokens = jax.random.randint(jax.random.key(11), (2, 8), 0, cfg.vocab_size)
-    logits = GPT(cfg).apply({"params": params}, tokens)
+    logits = GPT(cfg).apply({"params": params}, tokens)  # one forward each: eager is cheaper than a compile
     assert logits.dtype == jnp.float32
     ref = GPT(TINY).apply({"params": params}, tokens)
     assert float(jnp.max(jnp.abs(logits - ref))) < 0.05  # bf16 has ~3 significant digits

@@ -30,18 +30,6 @@ def tiny(data_dir, run_root, name="run", **train_fields):
     return c
 
 
-@pytest.fixture(scope="module", autouse=True)
-def xla_cache(tmp_path_factory):
-    """The tiny runs here compile the same few programs: JAX's persistent cache compiles each once. Switched off
-    afterwards so the rest of the session is unaffected."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
-
-
 def run1(config):
     """Train on one device (the 8 simulated ones only slow a tiny model down)."""
     return train(config, devices=jax.devices()[:1])

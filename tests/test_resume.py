@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.checkpoint import Checkpoints, load_run
 from gpt2jax.train import parse_config, train
+from tests.conftest import XLA_CACHE
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"tokens_per_s", "mfu", "elapsed_s"}
@@ -17,12 +17,10 @@ K = 6
 
 
 @pytest.fixture
-def xla_cache(tmp_path):
-    """The three runs compile the same step: JAX's persistent cache compiles it once. Switched off afterwards so
-    the rest of the session is unaffected."""
-    yield str(tmp_path / "xla")
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
+def xla_cache():
+    """The three runs compile the same step: JAX's persistent cache (the session's, tests/conftest.py) compiles it
+    once. Passed as train.compilation_cache_dir, so the option is exercised too."""
+    return XLA_CACHE
 
 
 def resume_config(data_dir, run_root, name, cache_dir):
