@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Both sides run in one process on 2 cores: torch's OpenMP workers, left to spin after each op (the default
-# wait policy), took CPU from the XLA step that ran next (124M: ours 11.5 s/step alternating with torch vs 8.7 s
-# alone, 2026-11-27). Passive waiting stops that without slowing torch's own steps (8.2 vs 8.4 s in those runs).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Both sides run in one process on 2 cores: torch's OpenMP workers, left to spin after each op (the default wait
+# policy), can take CPU from the XLA step that runs next (124M, 2026-11-27: ours 11.5 s/step alternating with torch
+# vs 8.7 s alone). OMP_WAIT_POLICY=PASSIVE in the environment stops that at 124M (torch 8.4 s either way) but slows
+# torch's small ops ~2x (char step 140 vs 73 ms), so it is not set here: set it for the 124m part only.
 
 import jax
 import jax.numpy as jnp
