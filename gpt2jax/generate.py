@@ -386,12 +386,13 @@ def generate(cfg: GPTConfig, params, prompts: Sequence[Sequence[int]], max_new_t
     if eot_id is not None and eot_id >= cfg.vocab_size:
         raise GenerationError(f"eot_id={eot_id} is outside the vocabulary [0, {cfg.vocab_size})")
     greedy = sampling.greedy
-    P = bucket_length(max(len(p) for p in prompts))
+    longest = max(len(p) for p in prompts)
+    P = bucket_length(longest)
     S = bucket_length(P + max_new_tokens)
     if buckets is not None:
-        if buckets[0] < max(len(p) for p in prompts) or buckets[1] < buckets[0] + max_new_tokens:
-            raise GenerationError(f"buckets={buckets} cannot hold prompts of up to {max(len(p) for p in prompts)} "
-                                  f"tokens and {max_new_tokens} new ones; leave buckets unset")
+        if buckets[0] < longest or buckets[1] < buckets[0] + max_new_tokens:
+            raise GenerationError(f"buckets={buckets} cannot hold prompts of up to {longest} tokens and "
+                                  f"{max_new_tokens} new ones; leave buckets unset")
         P, S = buckets
     plan = _Plan(cfg, len(prompts), P, S, greedy, None if greedy else sampling.top_k,
                  use_top_p=not greedy and sampling.top_p is not None and sampling.top_p < 1.0,
