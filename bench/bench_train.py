@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from gpt2jax import metrics as metrics_lib  # noqa: E402
 from gpt2jax import multistep  # noqa: E402
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
+from gpt2jax.hostmem import keep_freed_memory  # noqa: E402
 from gpt2jax.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
 from gpt2jax.optim import make_optimizer  # noqa: E402
@@ -121,17 +123,22 @@ def median_ms(times, n_steps) -> float:
 
 
 def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list]:
-    """sides: name -> fn() (runs and blocks). Alternates them `repeats` times (order flipped every repeat)."""
-    runs, loads = {n: [] for n in sides}, []
+    """sides: name -> fn() (runs and blocks). One untimed round, then alternates them `repeats` times (order flipped
+    every repeat). The untimed round lets the shared heap settle: each side's first run after the other has run
+    can page-fault memory the other side left fragmented. Prints the page faults of every timed run."""
+    runs, loads, faults = {n: [] for n in sides}, [], {n: [] for n in sides}
     names = list(sides)
+    for fn in sides.values():
+        fn()
     for r in range(repeats):
         loads.append(load())
         for name in (names if r % 2 == 0 else names[::-1]):
-            t = time.perf_counter()
+            f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             sides[name]()
             runs[name].append(time.perf_counter() - t)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         print(f"  {label} run {r + 1}/{repeats} (load {loads[-1]}): "
-              + ", ".join(f"{n} {v[-1]:.3f}s" for n, v in runs.items()), flush=True)
+              + ", ".join(f"{n} {v[-1]:.3f}s ({faults[n][-1]} page faults)" for n, v in runs.items()), flush=True)
     return runs, loads
 
 
@@ -441,6 +448,7 @@ def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.profiled = {}  # part -> profiled already (only the first shape of each part is profiled)
+    host_malloc = keep_freed_memory()  # as gpt2jax's entry points do, before JAX starts its CPU client
     gpu = jax.devices()[0].platform == "gpu"
     parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:4])) if p]
     bad = sorted(set(parts) - set(PARTS))
@@ -459,6 +467,7 @@ def main(argv=None) -> int:
                 if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
                 statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
+                host_malloc=host_malloc,
                 command="python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(meta), flush=True)
     sh, rows = shapes(args), []
