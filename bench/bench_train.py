@@ -61,7 +61,7 @@ from gpt2jax.sharding import DEFAULT_RULES, activation_context, make_mesh  # noq
 from gpt2jax.state import StateLayout  # noqa: E402
 from gpt2jax.train import compile_steps, parse_config  # noqa: E402
 
-PARTS = ("char", "124m", "score", "full", "gpu")
+PARTS = ("char", "124m", "score", "full", "gemm", "gpu")
 
 
 def build_parser():
@@ -401,6 +401,56 @@ def full_part(args, threads):
                 ours_compile_s=ours["compile_s"], ref=f"torch_{th}t", loads=[load_ours, load_ref])
 
 
+def gemm_part(cfg, rows, args, peak, threads):
+    """The float32 matrix products of one training step at the 124m shape, alone: XLA's (jitted jnp.matmul) vs
+    torch's (MKL), each product timed alternately, median of repeats, summed over the step's count of it. Every
+    layer: forward x @ W, input gradient dY @ W.T, weight gradient X.T @ dY for c_attn, attn.c_proj, mlp.c_fc and
+    mlp.c_proj; the tied head once (x @ wte.T, dlogits @ wte, dlogits.T @ x). Attention's batched score/value
+    products are left out (3% of the step's FLOPs)."""
+    import torch
+
+    torch.set_num_threads(threads[0])
+    C, V, rng = cfg.n_embd, cfg.embedding_rows, np.random.default_rng(0)
+    mats = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    products = []  # (label, count, lhs, rhs, transpose lhs, transpose rhs)
+    for name, k, n in (("c_attn", C, 3 * C), ("attn.c_proj", C, C), ("mlp.c_fc", C, 4 * C), ("mlp.c_proj", 4 * C, C)):
+        x, w, dy = mats(rows, k), mats(k, n), mats(rows, n)
+        products += [(f"{name} fwd", cfg.n_layer, x, w, False, False), (f"{name} dx", cfg.n_layer, dy, w, False, True),
+                     (f"{name} dW", cfg.n_layer, x, dy, True, False)]
+    x, wte, dlogits = mats(rows, C), mats(V, C), mats(rows, V)
+    products += [("head fwd", 1, x, wte, False, True), ("head dx", 1, dlogits, wte, False, False),
+                 ("head dW", 1, dlogits, x, True, False)]
+    print(f"[gemm] {len(products)} float32 products of a {cfg.n_layer}L/{C} step at {rows} rows; load {load()}",
+          flush=True)
+    ours_s = ref_s = flops = 0.0
+    per = {}
+    for label, count, a, b, ta, tb in products:
+        fn = jax.jit(lambda a, b, ta=ta, tb=tb: (a.T if ta else a) @ (b.T if tb else b))
+        ja, jb, tta, ttb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+        sides = {"ours": lambda: jax.block_until_ready(fn(ja, jb)),
+                 "torch": lambda: (tta.T if ta else tta) @ (ttb.T if tb else ttb)}
+        times = {n: [] for n in sides}
+        for f in sides.values():
+            f()
+        for r in range(max(3, args.repeats)):
+            for n in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                t = time.perf_counter()
+                sides[n]()
+                times[n].append(time.perf_counter() - t)
+        m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+        n = b.shape[0] if tb else b.shape[1]
+        ours, ref = statistics.median(times["ours"]), statistics.median(times["torch"])
+        per[label] = dict(ours_gflops=2 * m * k * n / ours / 1e9, ref_gflops=2 * m * k * n / ref / 1e9,
+                          ratio=ref / ours)
+        print(f"  {label:16s} ({m}x{k} @ {k}x{n}) x{count}: ours {per[label]['ours_gflops']:6.1f} GFLOP/s, "
+              f"torch {per[label]['ref_gflops']:6.1f} GFLOP/s ({ref / ours:.2f}x)", flush=True)
+        ours_s, ref_s, flops = ours_s + count * ours, ref_s + count * ref, flops + count * 2 * m * k * n
+    return dict(part="gemm", shape=f"{cfg.n_layer}L/{cfg.n_head}H/{C} {rows} rows float32, the step's matmuls alone",
+                ours_step_ms=1e3 * ours_s, ref_step_ms=1e3 * ref_s, ref=f"torch_{threads[0]}t", ours_tok_s=rows / ours_s,
+                ref_tok_s=rows / ref_s, ratio=ref_s / ours_s, ours_mfu=flops / ours_s / peak, ref_mfu=flops / ref_s / peak,
+                ours_compile_s=float("nan"), products=per, loads=[load()])
+
+
 # ---- main ----------------------------------------------------------------------------------------------------
 
 def shapes(args):
@@ -450,7 +500,7 @@ def main(argv=None) -> int:
     args.profiled = {}  # part -> profiled already (only the first shape of each part is profiled)
     host_malloc = keep_freed_memory()  # as gpt2jax's entry points do, before JAX starts its CPU client
     gpu = jax.devices()[0].platform == "gpu"
-    parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:4])) if p]
+    parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:5])) if p]
     bad = sorted(set(parts) - set(PARTS))
     if bad or args.repeats < 1:
         raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats < 1")
@@ -490,6 +540,9 @@ def main(argv=None) -> int:
         done(score_part(args, peak, threads))
     if "full" in parts:
         done(full_part(args, threads_full))
+    if "gemm" in parts:
+        cfg, b, t = sh["big"]
+        done(gemm_part(cfg, b * t, args, peak, [max(threads)]))
     if "gpu" in parts:
         for cfg, b, t in sh["gpu"]:
             done(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak, [1],
