@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from gpt2jax import metrics as metrics_lib  # noqa: E402
 from gpt2jax import multistep  # noqa: E402
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
-from gpt2jax.hostmem import keep_freed_memory  # noqa: E402
+from gpt2jax import hostmem  # noqa: E402
 from gpt2jax.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
 from gpt2jax.optim import make_optimizer  # noqa: E402
@@ -495,12 +495,55 @@ def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
                                     f"\n\n{json.dumps(meta)}\n\n{table(rows)}\n")
 
 
+# gpt2jax.train decides its host memory policy per run (gpt2jax.hostmem: "auto" keeps freed memory for large
+# shapes only) before JAX starts; a process can only do it once, before its first computation. So on a CPU the
+# parts run in two processes, each with the policy gpt2jax.train would pick for its shapes; torch shares it.
+SMALL_PARTS, LARGE_PARTS = ("char", "full"), ("124m", "score", "gemm")
+
+
+def run_part_groups(argv: list[str], parts: list[str], out_dir: Path) -> int:
+    """One child process per group of parts (SMALL_PARTS, LARGE_PARTS); their rows merged into out_dir."""
+    import subprocess
+
+    keep = [a for i, a in enumerate(argv) if not (a.startswith(("--only", "--out_dir")) or
+                                                    (i > 0 and argv[i - 1] in ("--only", "--out_dir")))]
+    meta, rows = None, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, group in enumerate((SMALL_PARTS, LARGE_PARTS)):
+            chosen = [p for p in parts if p in group]
+            if not chosen:
+                continue
+            child_out = Path(tmp) / str(n)
+            code = subprocess.run([sys.executable, __file__, *keep, "--only", ",".join(chosen),
+                                   "--out_dir", str(child_out)]).returncode
+            if code:
+                return code
+            result = json.loads((child_out / "train.json").read_text())
+            meta = meta or result["meta"]
+            rows += [dict(row, host_malloc=result["meta"]["host_malloc"]) for row in result["rows"]]
+    meta["command"] = "python bench/bench_train.py " + " ".join(argv)
+    meta["host_malloc"] = "per part (rows' host_malloc): " + ", ".join(f"{r['part']} {r['host_malloc']['policy']}"
+                                                                      for r in rows)
+    write_results(out_dir, "train", meta, rows)
+    print("\n" + table(rows))
+    print(f"wrote {out_dir / 'train.json'}, {out_dir / 'train.md'}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.profiled = {}  # part -> profiled already (only the first shape of each part is profiled)
-    host_malloc = keep_freed_memory()  # as gpt2jax's entry points do, before JAX starts its CPU client
+    cpu = hostmem.cpu_only()  # without starting JAX
+    parts = [p for p in (args.only.split(",") if args.only else (PARTS[:5] if cpu else ["gpu"])) if p]
+    if cpu and any(p in SMALL_PARTS for p in parts) and any(p in LARGE_PARTS for p in parts):
+        return run_part_groups(argv, parts, Path(args.out_dir))
+    if cpu and any(p in LARGE_PARTS for p in parts):
+        cfg, b, t = shapes(args)["big"]
+        host_malloc = hostmem.keep_freed_memory(b * t * cfg.embedding_rows * 4)
+    else:
+        host_malloc = dict(policy="system", reason="small shapes (as gpt2jax.train's auto rule decides)")
     gpu = jax.devices()[0].platform == "gpu"
-    parts = [p for p in (args.only.split(",") if args.only else (["gpu"] if gpu else PARTS[:5])) if p]
     bad = sorted(set(parts) - set(PARTS))
     if bad or args.repeats < 1:
         raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats < 1")
@@ -517,8 +560,7 @@ def main(argv=None) -> int:
                 if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
                 statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
-                host_malloc=host_malloc,
-                command="python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                host_malloc=host_malloc, command="python bench/bench_train.py " + " ".join(argv))
     print(json.dumps(meta), flush=True)
     sh, rows = shapes(args), []
     out, stem = Path(args.out_dir), "train_gpu" if "gpu" in parts else "train"
@@ -533,13 +575,13 @@ def main(argv=None) -> int:
         cfg, b, t = sh["char"]
         done(step_part("char", cfg, b, t, args.char_steps, args, peak, threads))
         threads_full = [int(rows[-1]["ref"].split("_")[1][:-1])]  # the full run uses the faster thread count
+    if "full" in parts:
+        done(full_part(args, threads_full))
     if "124m" in parts:
         cfg, b, t = sh["big"]
         done(step_part("124m", cfg, b, t, args.big_steps, args, peak, [max(threads)]))
     if "score" in parts:
         done(score_part(args, peak, threads))
-    if "full" in parts:
-        done(full_part(args, threads_full))
     if "gemm" in parts:
         cfg, b, t = sh["big"]
         done(gemm_part(cfg, b * t, args, peak, [max(threads)]))

@@ -50,13 +50,8 @@ def exit_code(error: BaseException) -> int:
 
 
 def run_cli(main, argv=None) -> int:
-    """Run `main(argv)`; returns the exit code (0, or 1/2 after printing one `error: ...` line). First, on a CPU
-    host, the process keeps the host memory it frees (`gpt2jax.hostmem`: no page faults for each step's
-    temporaries), before JAX starts its CPU client."""
-    from gpt2jax.hostmem import keep_freed_memory
-
+    """Run `main(argv)`; returns the exit code (0, or 1/2 after printing one `error: ...` line)."""
     try:
-        keep_freed_memory()
         result = main(argv)
     except (SaveError, TrainingStopped, *user_errors()) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

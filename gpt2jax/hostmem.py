@@ -11,12 +11,16 @@ allocator on GPU) avoids this by keeping what it freed; glibc does the same when
   M_MMAP_MAX = 0         big blocks come from the heap, not from their own mmap
   M_TRIM_THRESHOLD = -1  (i.e. SIZE_MAX) freed memory at the top of the heap is never returned to the kernel
 
-After the first step the next one reuses the same pages: 0 page faults (bench/bench_train.py, `hostmem` in its
-header). The cost: the process's resident memory stays at its peak until it exits, as with any caching allocator.
+After a few steps the next one reuses the same pages: 0 page faults (bench/bench_train.py prints them). The costs:
+the process's resident memory stays at its peak until it exits, as with any caching allocator (plus what
+fragmentation leaves: up to ~2x one call's working set in tests/test_hostmem.py's probe); and with one arena the
+threads of XLA's compiler contend for malloc, so compiling takes longer (the char baby GPT's train call: 6.7-8.8
+vs 5.7-6.0 s). Hence "auto", the default of GPT2JAX_HOST_MALLOC: the policy applies only to runs whose largest
+temporary (the float32 logits of a micro-batch) reaches LARGE_BLOCK_BYTES, where the faults cost seconds per
+step; small models keep glibc's defaults. "keep" applies it always, "system" never.
 
-Call `keep_freed_memory()` before JAX starts its CPU client (its thread pool), i.e. before the first computation:
-the command-line entry points do it through `gpt2jax.errors.run_cli`. Arenas that threads already own keep
-their own policy. GPT2JAX_HOST_MALLOC=system leaves glibc's defaults alone. Only glibc (Linux) is touched; other
+`gpt2jax.train` decides once its config is resolved, before JAX starts its CPU client (its thread pool): arenas
+that threads already own keep their own policy. Only glibc (Linux) is touched; other
 C libraries and platforms are left as they are, and so is a machine with an accelerator plugin installed (its
 host allocations are small, and one arena for its many host threads would serialise their mallocs).
 """
@@ -35,32 +39,47 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
-ENV = "GPT2JAX_HOST_MALLOC"  # "keep" (default) or "system"
+ENV = "GPT2JAX_HOST_MALLOC"  # "auto" (default), "keep" or "system"
+CHOICES = ("auto", "keep", "system")
+# Twice glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 32 MB on 64-bit): blocks this big are always
+# mmapped and unmapped again by default.
+LARGE_BLOCK_BYTES = 64 * 2**20
 
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 
 _applied: dict | None = None
 
 
-def _cpu_only() -> bool:
+def cpu_only() -> bool:
+    """No accelerator platform selected (JAX_PLATFORMS) or installed (a PJRT plugin), judged without starting JAX."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
     if platforms:
         return platforms.split(",")[0] == "cpu"
     return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
 
 
-def keep_freed_memory() -> dict:
-    """Apply the policy once per process (glibc only); returns what was done: {"policy": ..., "reason": ...}."""
+def choice() -> str:
+    value = os.environ.get(ENV, "auto").strip().lower()
+    if value not in CHOICES:
+        raise UsageError(f"{ENV}={value!r}: use 'auto' (the default: keep freed host memory when a step's largest "
+                         f"temporary reaches {LARGE_BLOCK_BYTES >> 20} MB), 'keep' (always) or 'system' (glibc's own "
+                         "malloc policy)")
+    return value
+
+
+def keep_freed_memory(largest_block_bytes: int | None = None) -> dict:
+    """Apply the policy once per process (glibc only) if GPT2JAX_HOST_MALLOC asks for it: "keep", or "auto" with
+    largest_block_bytes >= LARGE_BLOCK_BYTES (None: as large). Returns {"policy": "keep" | "system", "reason"}."""
     global _applied
-    if _applied is not None:
-        return _applied
-    choice = os.environ.get(ENV, "keep").strip().lower()
-    if choice not in ("keep", "system"):
-        raise UsageError(f"{ENV}={choice!r}: use 'keep' (the default: freed host memory is reused) or 'system' "
-                         "(glibc's own malloc policy)")
-    if choice == "system":
-        _applied = dict(policy="system", reason=f"{ENV}=system")
-    elif not _cpu_only():
+    if _applied is not None and _applied["policy"] == "keep":
+        return _applied  # once applied, for the rest of the process
+    want = choice()
+    large = largest_block_bytes is None or largest_block_bytes >= LARGE_BLOCK_BYTES
+    if want == "system" or (want == "auto" and not large):
+        reason = f"{ENV}=system" if want == "system" else (
+            f"auto: largest temporary {largest_block_bytes / 2**20:.1f} MB < {LARGE_BLOCK_BYTES >> 20} MB")
+        return dict(policy="system", reason=reason)
+    if not cpu_only():
         _applied = dict(policy="system", reason="an accelerator platform is installed or selected")
     elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _applied = dict(policy="system", reason=f"not glibc ({platform.system()} {platform.libc_ver()[0] or '?'})")

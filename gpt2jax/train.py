@@ -43,6 +43,7 @@ import optax
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import hostmem
 from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
 from gpt2jax import multistep
@@ -341,6 +342,9 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     tokenizer = train_split.tokenizer
     spec = resolve(config, tokenizer)
     t, seq_len = spec.train, spec.seq_len
+    # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.hostmem), before JAX
+    # starts its CPU client
+    hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4)
     if t.compilation_cache_dir:  # JAX's persistent cache: a resumed run skips XLA compilation
         jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
     spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
@@ -581,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gpt2jax.config import ConfigError
 
     try:
+        hostmem.choice()  # a bad GPT2JAX_HOST_MALLOC fails before any work
         config = parse_config(argv)
         d = config.distributed
         if d.enabled:  # before any JAX computation

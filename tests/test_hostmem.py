@@ -18,7 +18,7 @@ from gpt2jax.hostmem import ENV
 PROBE = r"""
 import json, resource, sys
 from gpt2jax.hostmem import keep_freed_memory
-applied = keep_freed_memory()
+applied = keep_freed_memory(int(sys.argv[1]))
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.cumsum(x.reshape(4096, 4096).T, axis=1) * 2.0)
 x = jnp.arange(16 * 2**20, dtype=jnp.float32)  # 64 MB
@@ -32,17 +32,18 @@ print(json.dumps(dict(applied=applied, faults=faults)))
 """
 
 
-def probe(policy: str) -> dict:
+def probe(policy: str, block_bytes: int = 64 * 2**20) -> dict:
     env = dict(os.environ, **{ENV: policy}, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(block_bytes)], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc-only policy")
 def test_kept_memory_is_not_faulted_in_again_at_the_next_call():
-    keep, system = probe("keep"), probe("system")
+    keep, system = probe("auto"), probe("system")  # auto: the probe's 64 MB blocks are large enough
     assert keep["applied"]["policy"] == "keep" and system["applied"]["policy"] == "system"
     # glibc's default unmaps the 64 MB blocks at free: every call faults them in again (measured: ~34k pages per
     # call); with the policy the same pages are reused (measured: 0 after 4-10 calls, while resident memory grew from 0.4 to 0.9 GB and stayed there).
@@ -50,12 +51,22 @@ def test_kept_memory_is_not_faulted_in_again_at_the_next_call():
     assert sum(keep["faults"][-8:]) < 0.25 * sum(system["faults"][-8:]), (keep, system)
 
 
+def test_auto_leaves_small_runs_alone(monkeypatch):
+    import gpt2jax.hostmem as hostmem
+
+    monkeypatch.setattr(hostmem, "_applied", None)
+    monkeypatch.setenv(ENV, "auto")
+    applied = hostmem.keep_freed_memory(hostmem.LARGE_BLOCK_BYTES - 1)  # e.g. the char baby GPT: 0.2 MB of logits
+    assert applied["policy"] == "system" and applied["reason"].startswith("auto:")
+    assert hostmem._applied is None  # nothing was changed in this process
+
+
 def test_a_bad_policy_value_is_a_usage_error(monkeypatch):
     import gpt2jax.hostmem as hostmem
 
     monkeypatch.setattr(hostmem, "_applied", None)
     monkeypatch.setenv(ENV, "sometimes")
-    with pytest.raises(UsageError, match=f"{ENV}='sometimes'.*'keep'.*'system'"):
+    with pytest.raises(UsageError, match=f"{ENV}='sometimes'.*'auto'.*'keep'.*'system'"):
         hostmem.keep_freed_memory()
 
 
