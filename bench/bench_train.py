@@ -1,6 +1,6 @@
 """Training and scoring throughput: gpt2jax vs a PyTorch reference (bench/torch_gpt2.py), side by side.
 
-    python bench/bench_train.py                          # CPU: char, 124m, score, full (~15 min on 2 cores)
+    python bench/bench_train.py                          # CPU: char, full, 124m, score, gemm (~17 min, 2 cores)
     python bench/bench_train.py --only char,124m         # pick parts
     python bench/bench_train.py --only gpu               # GPU: 124M T=1024 bf16 at batch 16 and 32, 355M
 
@@ -13,12 +13,17 @@ auto rule picks that; reference = bench/torch_gpt2.py, nanoGPT's model and loop)
   full   configs/shakespeare_char.py end to end (2000 steps, evals of 200 val batches every 250 steps, samples,
          checkpoints, the final sliding-window eval): wall time of `gpt2jax.train` vs the reference doing the
          same schedule with nanoGPT's loop
+  gemm   the 124m step's float32 matmuls alone (every layer's forward, input and weight gradients; the head),
+         XLA's vs torch's (MKL): how much of the 124m gap is matmul kernel speed
   gpu    (CUDA only) 124M T=1024 bf16 at batch 16 and 32 and 355M at batch 16: ours with model.attention=auto
          vs torch.compile + bf16 autocast + flash SDPA + fused AdamW
 
 Both sides train the same shapes from the same initial weights (gpt2jax's init copied into torch) on the same
-random batches with the same AdamW hyper-parameters. After a warm-up call each, the two alternate, --repeats
-times; the statistic is the median. MFU = (6 N + 12 L T C) tokens/s / peak (N: parameters without position
+random batches with the same AdamW hyper-parameters. After a warm-up call each and one untimed round, the two
+alternate, --repeats times, each timed run with its page faults; the statistic is the median. On a CPU the parts
+run in two processes, char and full in one, 124m, score and gemm in the other, each with the host memory policy
+that `gpt2jax.train` picks for its shapes (`gpt2jax.hostmem`: freed memory kept for the large ones); torch shares
+the process and its policy. MFU = (6 N + 12 L T C) tokens/s / peak (N: parameters without position
 embeddings; forward-only scoring uses a third of that); the peak is the measured float32 matmul FLOP/s of this
 CPU (`gpt2jax.metrics.measure_cpu_flops`) or the bf16 datasheet number of the GPU. Memory: ours is what the
 compiled step needs (`compiled.memory_analysis()`), torch's is its allocator peak on GPU and the growth of the
@@ -37,10 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# Both sides run in one process on 2 cores: torch's OpenMP workers, left to spin after each op (the default wait
-# policy), can take CPU from the XLA step that runs next (124M, 2026-11-27: ours 11.5 s/step alternating with torch
-# vs 8.7 s alone). OMP_WAIT_POLICY=PASSIVE in the environment stops that at 124M (torch 8.4 s either way) but slows
-# torch's small ops ~2x (char step 140 vs 73 ms), so it is not set here: set it for the 124m part only.
+# Both sides share one process (per group of parts, see SMALL_PARTS). An earlier session blamed torch's spinning
+# OpenMP workers for a slower XLA step at 124M after torch had run; the cause was page faults (gpt2jax.hostmem),
+# which alternate() now prints for every timed run.
 
 import jax
 import jax.numpy as jnp
