@@ -320,6 +320,10 @@ def test_generation_runs_on_sharded_params(params):
     """Training samples from its FSDP + tensor-parallel params as they are (nothing gathered onto one device)."""
     from gpt2jax.sharding import make_mesh, param_shardings
 
-    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    # The 8 simulated CPU devices (conftest) also on a one-GPU machine, and the unsharded reference on the CPU too,
+    # so that both runs use the same backend's numerics.
+    cpus = jax.devices("cpu")
+    mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2}, cpus[:8])
     sharded = jax.device_put(params, param_shardings(CFG, mesh))
-    assert generate_ids(CFG, sharded, PROMPTS, 6, GREEDY) == generate_ids(CFG, params, PROMPTS, 6, GREEDY)
+    unsharded = jax.device_put(params, cpus[0])
+    assert generate_ids(CFG, sharded, PROMPTS, 6, GREEDY) == generate_ids(CFG, unsharded, PROMPTS, 6, GREEDY)
