@@ -42,10 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# Both sides share one process (per group of parts, see SMALL_PARTS). An earlier session blamed torch's spinning
-# OpenMP workers for a slower XLA step at 124M after torch had run; the cause was page faults (gpt2jax.hostmem),
-# which alternate() now prints for every timed run.
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,10 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from gpt2jax import hostmem  # noqa: E402
 from gpt2jax import metrics as metrics_lib  # noqa: E402
 from gpt2jax import multistep  # noqa: E402
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
-from gpt2jax import hostmem  # noqa: E402
 from gpt2jax.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
 from gpt2jax.optim import make_optimizer  # noqa: E402

@@ -20,9 +20,9 @@ temporary (the float32 logits of a micro-batch) reaches LARGE_BLOCK_BYTES, where
 step; small models keep glibc's defaults. "keep" applies it always, "system" never.
 
 `gpt2jax.train` decides once its config is resolved, before JAX starts its CPU client (its thread pool): arenas
-that threads already own keep their own policy. Only glibc (Linux) is touched; other
-C libraries and platforms are left as they are, and so is a machine with an accelerator plugin installed (its
-host allocations are small, and one arena for its many host threads would serialise their mallocs).
+that threads already own keep their own policy. Only glibc (Linux) is touched; other C libraries and platforms are
+left as they are, and so is a machine with an accelerator plugin installed (its host allocations are small, and
+one arena for its many host threads would serialise their mallocs).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ LARGE_BLOCK_BYTES = 64 * 2**20
 
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 
-_applied: dict | None = None
+_applied: dict | None = None  # set once the policy is in force (it cannot be undone in a process)
 
 
 def cpu_only() -> bool:
@@ -71,21 +71,21 @@ def keep_freed_memory(largest_block_bytes: int | None = None) -> dict:
     """Apply the policy once per process (glibc only) if GPT2JAX_HOST_MALLOC asks for it: "keep", or "auto" with
     largest_block_bytes >= LARGE_BLOCK_BYTES (None: as large). Returns {"policy": "keep" | "system", "reason"}."""
     global _applied
-    if _applied is not None and _applied["policy"] == "keep":
-        return _applied  # once applied, for the rest of the process
+    if _applied is not None:
+        return _applied
     want = choice()
-    large = largest_block_bytes is None or largest_block_bytes >= LARGE_BLOCK_BYTES
-    if want == "system" or (want == "auto" and not large):
-        reason = f"{ENV}=system" if want == "system" else (
-            f"auto: largest temporary {largest_block_bytes / 2**20:.1f} MB < {LARGE_BLOCK_BYTES >> 20} MB")
-        return dict(policy="system", reason=reason)
+    if want == "system":
+        return dict(policy="system", reason=f"{ENV}=system")
+    if want == "auto" and largest_block_bytes is not None and largest_block_bytes < LARGE_BLOCK_BYTES:
+        return dict(policy="system", reason=f"auto: largest temporary {largest_block_bytes / 2**20:.1f} MB < "
+                                            f"{LARGE_BLOCK_BYTES >> 20} MB")
     if not cpu_only():
-        _applied = dict(policy="system", reason="an accelerator platform is installed or selected")
-    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        _applied = dict(policy="system", reason=f"not glibc ({platform.system()} {platform.libc_ver()[0] or '?'})")
-    else:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = all(libc.mallopt(param, value) == 1
-                 for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1)))
-        _applied = dict(policy="keep" if ok else "system", reason="glibc mallopt" + ("" if ok else " refused"))
+        return dict(policy="system", reason="an accelerator platform is installed or selected")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return dict(policy="system", reason=f"not glibc ({platform.system()} {platform.libc_ver()[0] or '?'})")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not all(libc.mallopt(param, value) == 1
+               for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))):
+        return dict(policy="system", reason="glibc refused mallopt")
+    _applied = dict(policy="keep", reason="glibc mallopt")
     return _applied
