@@ -35,6 +35,7 @@ def old_module(rev: str):
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("train_before_guard", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)
     return module
 

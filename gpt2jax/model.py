@@ -17,6 +17,7 @@ L n_layer.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -207,8 +208,10 @@ class GPT(nn.Module):
         self.ln_f = layer_norm(cfg)
 
     @nn.compact
-    def __call__(self, tokens, positions=None, *, deterministic: bool = True):
-        """tokens (B, T) int -> logits (B, T, V) float32. positions: (B, T) position ids, default arange(T)."""
+    def __call__(self, tokens, positions=None, *, deterministic: bool = True, targets=None):
+        """tokens (B, T) int -> logits (B, T, V) float32. positions: (B, T) position ids, default arange(T).
+        With targets (B, T) int: -> per-token NLL (B, T) float32 instead, from the head's raw output in the compute
+        dtype (`token_nll`), so training never holds float32 or masked copies of the logits."""
         cfg = self.cfg
         B, T = tokens.shape
         cfg.check_tokens(T)  # static shape: fails at trace time, before any compile
@@ -229,6 +232,8 @@ class GPT(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = stack(cfg, deterministic, name="h")(x)
+        if targets is not None:
+            return token_nll(self.raw_logits(x), targets, cfg.vocab_size)  # (B, T)
         return self.head(x)
 
     def embed(self, tokens, positions):
@@ -236,15 +241,18 @@ class GPT(nn.Module):
         return self.wte(tokens) + self.wpe(positions)
 
     def head(self, x):
-        """Final LayerNorm and the LM head tied to wte: (B, T, C) -> (B, T, V) float32, padded rows -inf."""
+        """Logits for scoring and sampling: (B, T, C) -> (B, T, V) float32, padded rows -inf."""
+        return mask_padded_vocab(self.cfg, self.raw_logits(x).astype(jnp.float32))  # (B, T, V)
+
+    def raw_logits(self, x):
+        """Final LayerNorm and the LM head tied to wte: (B, T, C) -> (B, T, V) in the compute dtype, padded rows
+        as they come."""
         x = self.ln_f(x)
         if x.shape[1] == 1:
             # One position (a decode step): written as (V, C) x (B, 1, C), XLA (CPU) runs a plain matrix-vector
             # product over contiguous embedding rows instead of fusing ln_f into a slower loop (bench/results).
-            logits = jnp.einsum("vc,btc->btv", self.wte.embedding.astype(x.dtype), x)
-        else:
-            logits = self.wte.attend(x)
-        return mask_padded_vocab(self.cfg, logits.astype(jnp.float32))  # (B, T, V)
+            return jnp.einsum("vc,btc->btv", self.wte.embedding.astype(x.dtype), x)
+        return self.wte.attend(x)
 
     def decode(self, tokens, positions, layers: list, caches: list, cache_index, kv_valid):
         """The cached forward pass: the same math as `__call__`, for generation.
@@ -317,16 +325,54 @@ def init_layer_caches(cfg: GPTConfig, batch: int, length: int) -> list[dict[str,
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 
-def token_nll(logits, targets):
-    """Per-token negative log-likelihood in float32. logits (..., V), targets (...) int -> (...)."""
-    logits = logits.astype(jnp.float32)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+def token_nll(logits, targets, n_valid: int | None = None):
+    """Per-token negative log-likelihood in float32: logits (..., V) of any float dtype, targets (...) int -> (...).
+
+    Only the first n_valid columns are the vocabulary (default: all V); padded embedding rows beyond them are left
+    out of the softmax here, so callers can pass the LM head's raw output. The math is float32 whatever the logits'
+    dtype, and the gradient is written by hand, softmax - onehot(target), one elementwise pass over the logits in
+    their own dtype. Autodiff of logsumexp and take_along_axis instead materialises float32 copies of the
+    (B, T, V) logits, a scattered one-hot and their sum: on a GPU the biggest non-matmul cost of a 124M step
+    (bench/results/gpu_h200/call3_profile_124M_B16.md).
+    """
+    return _token_nll(logits, targets, logits.shape[-1] if n_valid is None else n_valid)
 
 
-def mean_loss(logits, targets):
+def _masked_f32(logits, n_valid: int):
+    """logits as float32 with the padded columns (index >= n_valid) at -inf; fused into its consumers by XLA."""
+    x = logits.astype(jnp.float32)
+    if n_valid < logits.shape[-1]:
+        x = jnp.where(jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) < n_valid, x, -jnp.inf)
+    return x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_nll(logits, targets, n_valid: int):
+    return _token_nll_fwd(logits, targets, n_valid)[0]
+
+
+def _token_nll_fwd(logits, targets, n_valid: int):
+    x = _masked_f32(logits, n_valid)
+    peak = jax.lax.stop_gradient(x.max(axis=-1, keepdims=True))  # (..., 1): exp never overflows
+    lse = peak[..., 0] + jnp.log(jnp.exp(x - peak).sum(axis=-1))  # (...)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return lse - target_logit, (logits, targets, lse)
+
+
+def _token_nll_bwd(n_valid: int, residuals, g):
+    logits, targets, lse = residuals
+    x = _masked_f32(logits, n_valid)
+    column = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    grad = (jnp.exp(x - lse[..., None]) - (column == targets[..., None])) * g[..., None]  # (..., V) float32
+    return grad.astype(logits.dtype), None
+
+
+_token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
+
+
+def mean_loss(logits, targets, n_valid: int | None = None):
     """Mean next-token cross-entropy. logits (..., V), targets (...) int -> ()."""
-    return token_nll(logits, targets).mean()
+    return token_nll(logits, targets, n_valid).mean()
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
-from gpt2jax.model import GPT, init_layer_caches, init_params, logical_axes, mean_loss, param_count, split_layers
+from gpt2jax.model import (GPT, init_layer_caches, init_params, logical_axes, mean_loss, param_count, split_layers,
+                           token_nll)
 
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
 
@@ -144,6 +145,63 @@ def test_padded_vocab_never_wins_and_matches_unpadded():
     np.testing.assert_allclose(loss_padded, loss_real, rtol=1e-6)
     grads = _logits_loss_and_grads(padded, params, tokens)[2]
     assert bool(jnp.all(jnp.isfinite(grads["wte"]["embedding"])))
+
+
+def _autodiff_nll(logits, targets):
+    """The textbook NLL, differentiated by JAX: the reference for token_nll's hand-written gradient."""
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_token_nll_and_its_gradient_match_float64_numpy(dtype):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 7, 20)) * 4  # (B, T, V): 16 real columns, 4 padded ones
+    logits[..., 16:] = 30.0  # padded columns that would dominate the softmax if they were counted
+    targets = rng.integers(0, 16, (3, 7))
+    weights = rng.standard_normal((3, 7))  # a non-uniform upstream gradient
+    x = jnp.asarray(logits, dtype)
+    value, grad = jax.value_and_grad(lambda x: (token_nll(x, jnp.asarray(targets), 16) * weights).sum())(x)
+    # float64 numpy on the exact inputs token_nll saw (real columns only): NLL = logsumexp - target logit, and
+    # d(sum w * NLL)/dlogits = w * (softmax - onehot(target))
+    real = np.asarray(x, np.float64)[..., :16]
+    shifted = real - real.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    ref_value = -(np.take_along_axis(log_probs, targets[..., None], -1)[..., 0] * weights).sum()
+    ref_grad = (np.exp(log_probs) - np.eye(16)[targets]) * weights[..., None]
+    assert grad.dtype == x.dtype, "the gradient stays in the logits' dtype"
+    np.testing.assert_allclose(float(value), ref_value, rtol=1e-6)
+    grad = np.asarray(grad, np.float64)
+    np.testing.assert_array_equal(grad[..., 16:], 0.0)
+    np.testing.assert_allclose(grad[..., :16], ref_grad, atol=1e-6 if dtype == "float32" else 4e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_nll_path_matches_autodiff_through_the_logits(dtype):
+    """GPT(targets=...) (raw head output, fused NLL) against autodiff of the textbook NLL on GPT's float32 logits,
+    with padded vocabulary rows made attractive: same loss and parameter gradients."""
+    cfg = TINY.replace(padded_vocab_size=128, dtype=dtype)
+    params = init_params(cfg, jax.random.key(8))
+    params["wte"]["embedding"] = params["wte"]["embedding"].at[TINY.vocab_size:].set(0.5)
+    tokens = jax.random.randint(jax.random.key(9), (2, 12), 0, TINY.vocab_size)
+
+    @jax.jit
+    def both(params):
+        fused = lambda p: GPT(cfg).apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:]).mean()  # noqa: E731
+        plain = lambda p: _autodiff_nll(GPT(cfg).apply({"params": p}, tokens[:, :-1]), tokens[:, 1:]).mean()  # noqa: E731
+        return jax.value_and_grad(fused)(params), jax.value_and_grad(plain)(params)
+
+    (loss, grads), (ref_loss, ref_grads) = both(params)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        ref = _get(ref_grads, path)
+        assert _rel(g, ref) < (1e-5 if dtype == "float32" else 1e-2), jax.tree_util.keystr(path)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
 
 
 def test_kv_cache_chunks_match_full_forward():
