@@ -53,7 +53,7 @@ from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import open_split
 from gpt2jax.errors import DataError, SaveError, run_cli
 from gpt2jax.lock import RunDirLock
-from gpt2jax.model import GPT, flops_per_token, mean_loss, param_count, token_nll
+from gpt2jax.model import GPT, flops_per_token, param_count
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, replicated
 from gpt2jax.signals import StopSignals
@@ -71,9 +71,9 @@ def make_train_step(cfg, tx, schedule, p_shardings):
     train_mode = cfg.dropout > 0
 
     def loss_fn(params, tokens, key):  # tokens (B, T+1)
-        logits = model.apply({"params": params}, tokens[:, :-1], deterministic=not train_mode,
-                             rngs={"dropout": key} if train_mode else None)  # (B, T, V)
-        return mean_loss(logits, tokens[:, 1:])
+        nll = model.apply({"params": params}, tokens[:, :-1], deterministic=not train_mode, targets=tokens[:, 1:],
+                          rngs={"dropout": key} if train_mode else None)  # (B, T)
+        return nll.mean()
 
     def step(state, batch):
         params = state["params"]
@@ -90,15 +90,13 @@ def make_train_step(cfg, tx, schedule, p_shardings):
         n_micro = batch.shape[0]
         (grad_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0)), (batch, jnp.arange(n_micro)))
         grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
         loss, grad_norm = loss_sum / n_micro, optax.global_norm(grads)
         # numerics guard: a NaN/Inf loss or gradient leaves params and optimizer state as they were (the batch
         # still counts as consumed); the host reads the flag with the other metrics, no extra sync
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_if_bad = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = dict(params=keep_if_bad(optax.apply_updates(params, updates), params),
-                         opt_state=keep_if_bad(opt_state, state["opt_state"]), step=state["step"] + 1,
-                         rng=state["rng"])
+        updates, opt_state = tx.update(grads, state["opt_state"], params, apply=finite)  # not finite: zero updates
+        new_state = dict(params=optax.apply_updates(params, updates), opt_state=opt_state,
+                         step=state["step"] + 1, rng=state["rng"])
         metrics = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
                        nonfinite=1 - finite.astype(jnp.int32))
         return new_state, metrics
@@ -109,7 +107,7 @@ def make_train_step(cfg, tx, schedule, p_shardings):
 def make_batch_loss(cfg):
     """(params, tokens (1, B, T+1)) -> mean next-token NLL of one fixed val batch, for the periodic evals."""
     model = GPT(cfg)
-    return lambda params, b: token_nll(model.apply({"params": params}, b[0, :, :-1]), b[0, :, 1:]).mean()
+    return lambda params, b: model.apply({"params": params}, b[0, :, :-1], targets=b[0, :, 1:]).mean()
 
 
 def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, context=contextlib.nullcontext) -> dict:

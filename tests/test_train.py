@@ -5,8 +5,10 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -15,8 +17,8 @@ from gpt2jax.checkpoint import load_run
 from gpt2jax.config import GPTConfig
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
-from gpt2jax.model import GPT, mean_loss
-from gpt2jax.optim import decay_mask, lr_schedule, make_optimizer
+from gpt2jax.model import GPT, init_params, mean_loss
+from gpt2jax.optim import adamw_or_skip, decay_mask, lr_schedule, make_optimizer
 from gpt2jax.sharding import make_mesh, param_shardings, replicated
 from gpt2jax.state import initial_state
 from gpt2jax.train import make_train_step, parse_config, train
@@ -178,3 +180,31 @@ def test_batch_shape_sharding_on_eight_devices(char_data):
     loader = Loader(open_split(char_data, "train"), 32, 16, 2, seed=0)
     arr = global_batch(loader, 3, NamedSharding(mesh, P(None, ("data", "fsdp"), None)))
     assert {s.data.shape for s in arr.addressable_shards} == {(2, 2, 33)}
+
+
+def test_adamw_or_skip_is_optax_adamw_and_skips_exactly():
+    """The hand-fused AdamW (optim.adamw_or_skip) against optax.adamw itself: the same state tree and bitwise the
+    same params and state over several steps; apply=False leaves params and state bitwise unchanged."""
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, n_positions=8, vocab_size=32)
+    params = init_params(cfg, jax.random.key(0))
+    schedule = lr_schedule(1e-3, 1e-4, 2, 20)
+    ours = adamw_or_skip(schedule, 0.9, 0.95, 1e-8, 0.1, decay_mask(cfg))
+    ref = optax.adamw(schedule, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=decay_mask(cfg))
+
+    @jax.jit
+    def both(ref_p, ref_s, our_p, our_s, grads, apply):
+        ref_u, ref_s = ref.update(grads, ref_s, ref_p)
+        our_u, our_s = ours.update(grads, our_s, our_p, apply=apply)
+        return optax.apply_updates(ref_p, ref_u), ref_s, optax.apply_updates(our_p, our_u), our_s
+
+    ref_p, ref_s, our_p, our_s = params, ref.init(params), params, ours.init(params)
+    assert jax.tree.structure(ref_s) == jax.tree.structure(our_s)
+    for i in range(5):
+        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape) * 0.1, params)
+        ref_p, ref_s, our_p, our_s = both(ref_p, ref_s, our_p, our_s, grads, jnp.bool_(True))
+    for a, b in zip(jax.tree.leaves((ref_p, ref_s)), jax.tree.leaves((our_p, our_s))):
+        np.testing.assert_array_equal(a, b)
+    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+    _, _, skipped_p, skipped_s = both(ref_p, ref_s, our_p, our_s, bad, jnp.bool_(False))
+    for a, b in zip(jax.tree.leaves((our_p, our_s)), jax.tree.leaves((skipped_p, skipped_s))):
+        np.testing.assert_array_equal(a, b)
