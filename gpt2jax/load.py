@@ -1,9 +1,10 @@
 """`--init_from` for every entry point: a training run directory, a Hugging Face directory, or a hub id."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from gpt2jax.config import GPTConfig
+from gpt2jax.config import GPT2_PRESETS, GPTConfig
 from gpt2jax.errors import CheckpointError
 from gpt2jax.hf import is_hub_id, load_hf
 from gpt2jax.tokenizer import gpt2_tokenizer
@@ -34,4 +35,25 @@ def load_model(init_from: str, **config_overrides):
     )
 
 
-__all__ = ["load_model", "CheckpointError", "GPTConfig"]
+def logits_bytes(init_from: str, rows: int, n_ctx: int | None = None) -> int | None:
+    """Bytes of the float32 logits of `rows` windows of n_ctx tokens (default: the model's n_positions) for the
+    model at init_from, from its config.json alone: no JAX, no weights, no network, so a CLI can size its host
+    memory policy (`gpt2jax.hostmem`) before JAX starts. None when there is no config to read (a hub id other
+    than the GPT-2 sizes, an unreadable file): the caller then treats the model as large."""
+    path = Path(init_from).expanduser()
+    try:
+        if path.is_dir():
+            config = json.loads((path / "config.json").read_text())
+            model = config["model"] if (path / "checkpoints").is_dir() else config  # a run's or an HF config
+            positions = model.get("n_positions", model.get("n_ctx"))
+            vocab = max(model["vocab_size"], model.get("padded_vocab_size") or 0)
+        elif init_from in GPT2_PRESETS:
+            positions, vocab = 1024, 50257  # the released GPT-2 checkpoints (openai/gpt-2 hparams.json)
+        else:
+            return None
+        return rows * (n_ctx or int(positions)) * int(vocab) * 4
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = ["load_model", "logits_bytes", "CheckpointError", "GPTConfig"]

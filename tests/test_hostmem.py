@@ -79,3 +79,23 @@ def test_the_train_cli_reports_a_bad_policy_before_anything_starts(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 2 and f"error: {ENV}='sometimes'" in out.stderr, out.stderr[-2000:]
     assert not any(tmp_path.iterdir())
+
+
+def test_eval_clis_size_the_policy_from_config_json_alone(tmp_path):
+    """zeroshot and the harness backend decide before JAX starts, from the source's config.json (load.logits_bytes):
+    an HF directory, a training run directory (padded vocabulary rows count), a GPT-2 hub id; None otherwise."""
+    from gpt2jax.load import logits_bytes
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(dict(n_positions=1024, vocab_size=50257, n_layer=12)))
+    assert logits_bytes(str(hf), 8) == 8 * 1024 * 50257 * 4
+    assert logits_bytes(str(hf), 2, n_ctx=256) == 2 * 256 * 50257 * 4
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(dict(model=dict(n_positions=64, vocab_size=65,
+                                                                padded_vocab_size=128))))
+    assert logits_bytes(str(run), 8) == 8 * 64 * 128 * 4
+    assert logits_bytes("gpt2-medium", 1) == 1024 * 50257 * 4
+    assert logits_bytes("someone/some-model", 8) is None  # not read from the hub here: treated as large
+    assert logits_bytes(str(tmp_path / "missing"), 8) is None

@@ -38,6 +38,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm.auto import tqdm
 
+from gpt2jax import hostmem
 from gpt2jax.config import ConfigError
 from gpt2jax.eval.protocols import continuation_requests, rolling_requests
 from gpt2jax.eval.windows import score_requests
@@ -62,8 +63,11 @@ class GPT2JaxLM(TemplateLM):
                  dtype: str | None = None, max_batch_size=None, device=None, **unused):
         super().__init__()
         from gpt2jax.eval.scoring import Scorer
-        from gpt2jax.load import load_model
+        from gpt2jax.load import load_model, logits_bytes
 
+        # CPU: keep freed host memory when the scored logits are large (gpt2jax.hostmem), before JAX starts
+        rows = batch_size if str(batch_size).isdigit() else 8
+        hostmem.keep_freed_memory(logits_bytes(str(init_from), int(rows), int(max_length) if max_length else None))
         if jax.process_count() > 1:
             raise ConfigError("the gpt2jax harness backend runs in one process (data parallel over its local "
                               "devices); start it without jax.distributed")
