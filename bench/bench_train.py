@@ -233,7 +233,8 @@ def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
         n = -(-steps // trainer.k) * trainer.k
         with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
             trainer.run(n)
-        tables[label] = profile_summary.jax_kernel_table(trace_dir, n)
+        hlo = None if cuda else (trainer.fns.get("multi") or trainer.fns["step"]).as_text()  # CPU: ops by model part
+        tables[label] = profile_summary.jax_kernel_table(trace_dir, n, hlo)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     for label, ref in refs.items():
         with torch.profiler.profile(activities=acts) as prof:

@@ -7,18 +7,23 @@ device stream tracks; on a CPU the host threads) and summed by name. The summary
 call (a trace can be tens of MB); the raw trace is kept next to it when it is small.
 
 Categories (by kernel name; cuBLAS/cuDNN/XLA/Triton names): gemm, attention, loss/softmax, optimizer, other
-fusions, copies. They are heuristics for reading, not accounting.
+fusions, copies. They are heuristics for reading, not accounting. On a CPU, XLA's kernels are named by fusion kind
+(`ynn_fusion.123` holds a matmul, a reduction or both), so when the compiled step's HLO text is given, each op is
+put under the part of the model it computes, read from its `op_name` metadata (MODEL_PARTS), and only the ops on
+XLA's worker threads are counted (their sum is thread time: up to the thread count x the wall time).
 """
 from __future__ import annotations
 
 import collections
 import gzip
 import json
+import re
 from pathlib import Path
 
 CATEGORIES = (  # first match wins; lower-case substrings of kernel names
     ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention", "custom-call")),
-    ("gemm", ("gemm", "cublas", "cutlass", "sm90_xmma", "matmul", "dot", "triton_gemm", "mm_", "xmma")),
+    ("gemm", ("gemm", "cublas", "cutlass", "sm90_xmma", "matmul", "dot", "triton_gemm", "mm_", "xmma",
+              "aten::mm", "addmm", "bmm")),
     ("loss/softmax", ("softmax", "logsumexp", "log_softmax", "nll", "cross_entropy", "reduce")),
     ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
     ("copy/transpose", ("copy", "memcpy", "memset", "transpose", "dynamic-update-slice", "dynamic_update_slice",
@@ -35,14 +40,39 @@ def category(name: str) -> str:
     return "other"
 
 
+MODEL_PARTS = (  # (part, regex on "<instruction name> <op_name>"); first match wins
+    ("matmuls: LM head", r"^(ynn_fusion|dot|custom).*wte\.attend"),
+    ("matmuls: layers", r"^(ynn_fusion|dot|custom).*(c_attn|c_proj|c_fc)/"),
+    ("attention core (scores, softmax, values, head layouts)", r"attn/(vmap|reshape)|dot_product_attention"),
+    ("layer weights sliced out of the stacked parameters", r"^slice\S* .*/slice$"),
+    ("layer norms", r"/ln_(1|2|f)/"),
+    ("MLP elementwise (GELU)", r"/mlp/"),
+    ("optimizer, clipping, norms (outside the micro-batch loop)", r"^\S+ jit\(step\)/(?!.*while/body)"),
+    ("loss, embeddings, residual adds", r"jvp\(GPT\)"),
+)
+
+
+def hlo_op_names(hlo_text: str) -> dict:
+    """Instruction name -> op_name metadata, from a compiled module's as_text()."""
+    return {m.group(1): m.group(2) for m in
+            re.finditer(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', hlo_text, re.M)}
+
+
+def model_part(name: str, op_names: dict) -> str:
+    key = f"{name} {op_names.get(name, '?')}"
+    return next((part for part, pattern in MODEL_PARTS if re.search(pattern, key)), "other")
+
+
 def _trace_file(trace_dir: Path) -> Path | None:
     found = sorted(Path(trace_dir).rglob("perfetto_trace.json.gz")) or sorted(Path(trace_dir).rglob("*.trace.json.gz"))
     return found[-1] if found else None
 
 
-def jax_kernel_table(trace_dir: Path, steps: int) -> dict:
+def jax_kernel_table(trace_dir: Path, steps: int, hlo_text: str | None = None) -> dict:
     """Sum of complete-event durations per (track, name) from the newest perfetto trace under trace_dir.
-    Device tracks (names with 'GPU' or 'stream') win over host tracks when present. Per step, in ms."""
+    Device tracks (names with 'GPU' or 'stream') win over host tracks when present. Per step, in ms. Without
+    device tracks and with hlo_text (the profiled step's compiled HLO), only XLA's worker threads count and the
+    categories are model parts."""
     path = _trace_file(trace_dir)
     if path is None:
         return dict(error=f"no perfetto_trace.json.gz under {trace_dir}")
@@ -52,6 +82,10 @@ def jax_kernel_table(trace_dir: Path, steps: int) -> dict:
                   if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for pid, n in proc_names.items() if "gpu" in n.lower() or "stream" in n.lower()
                    or "/device:" in n.lower() and "cpu" not in n.lower()}
+    thread_names = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "") for e in events
+                    if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    by_part = hlo_text is not None and not device_pids
+    op_names = hlo_op_names(hlo_text) if by_part else {}
     by_name: dict[str, float] = collections.Counter()
     counts: dict[str, int] = collections.Counter()
     for e in events:
@@ -59,8 +93,14 @@ def jax_kernel_table(trace_dir: Path, steps: int) -> dict:
             continue
         if device_pids and e.get("pid") not in device_pids:
             continue
+        if by_part and ("XLAEigen" not in thread_names.get((e.get("pid"), e.get("tid")), "")
+                        or e["name"] not in op_names):  # executor spans, Python frames, thread-pool waits
+            continue
         by_name[e["name"]] += float(e["dur"])  # microseconds
         counts[e["name"]] += 1
+    if by_part:
+        return _table(by_name, counts, steps, source=f"{path.name} (XLA worker threads, ops by model part)",
+                      categorize=lambda name: model_part(name, op_names))
     return _table(by_name, counts, steps, source=f"{path.name} ({'device' if device_pids else 'host'} tracks: "
                   f"{sorted(proc_names[p] for p in device_pids)[:4] if device_pids else 'all'})")
 
@@ -81,15 +121,15 @@ def torch_kernel_table(prof, steps: int, cuda: bool) -> dict:
                   + " time")
 
 
-def _table(by_name, counts, steps: int, source: str, top: int = 25) -> dict:
+def _table(by_name, counts, steps: int, source: str, top: int = 25, categorize=category) -> dict:
     total = sum(by_name.values())
     cats: dict[str, float] = collections.Counter()
     for name, us in by_name.items():
-        cats[category(name)] += us
+        cats[categorize(name)] += us
     return dict(source=source, steps=steps, total_ms_per_step=total / 1e3 / steps,
                 categories={c: us / 1e3 / steps for c, us in sorted(cats.items(), key=lambda kv: -kv[1])},
                 top=[dict(name=n[:160], ms_per_step=us / 1e3 / steps, calls_per_step=counts[n] / steps,
-                          category=category(n)) for n, us in by_name.most_common(top)])
+                          category=categorize(n)) for n, us in by_name.most_common(top)])
 
 
 def markdown(label: str, tables: dict) -> str:
