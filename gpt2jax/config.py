@@ -22,7 +22,7 @@ GPT2_PRESETS: dict[str, dict[str, int]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "reference")
+ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "reference")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -42,8 +42,9 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches (train only)
     layer_norm_epsilon: float = 1e-5
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    # auto: cuDNN flash attention on a GPU for bf16/fp16 when it accepts the shapes, else xla (see
-    # model.attention_impl) | xla | cudnn (GPU) | reference (hand-written softmax, for tests)
+    # auto: cuDNN flash attention on a GPU for bf16/fp16 when it accepts the shapes, blocked on the CPU, else
+    # xla (see model.attention_impl) | xla (jax.nn.dot_product_attention's) | blocked (causal by query blocks,
+    # model.blocked_causal_attention) | cudnn (GPU) | reference (hand-written softmax, for tests)
     attention: str = "auto"
     remat: str = "none"  # rematerialisation policy for each block, see REMAT_POLICIES
     # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code, 1 = rolled; 0 = auto

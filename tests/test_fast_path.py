@@ -1,7 +1,7 @@
 """The fast path is the default and changes nothing it should not: several steps per compiled call give the
 same run as one step per call, batches for several steps are the single-step batches stacked, `attention=auto`
-resolves to XLA on CPU, bf16 compute trains like fp32 with fp32 state, and an impossible memory fit stops before
-anything is allocated with the figures and a fix."""
+resolves to blocked causal attention on CPU, bf16 compute trains like fp32 with fp32 state, and an impossible
+memory fit stops before anything is allocated with the figures and a fix."""
 import resource
 from pathlib import Path
 
@@ -70,17 +70,21 @@ def test_batches_of_several_steps_are_the_single_batches_stacked(char_data):
         np.testing.assert_array_equal(stacked[i], loader.rows(7 + i, 1, 3))
 
 
-def test_attention_auto_is_xla_on_cpu():
+def test_attention_auto_is_blocked_on_cpu_and_xla_with_a_mask():
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=11)
     assert cfg.attention == "auto"
     for dtype in ("float32", "bfloat16"):
-        assert attention_impl(cfg.replace(dtype=dtype), jnp.dtype(dtype)) == "xla"
+        assert attention_impl(cfg.replace(dtype=dtype), jnp.dtype(dtype)) == "blocked"
+        assert attention_impl(cfg.replace(dtype=dtype), jnp.dtype(dtype), has_mask=True) == "xla"  # KV-cache decoder
+    assert attention_impl(cfg.replace(attention="blocked"), jnp.float32, has_mask=True) == "xla"
     assert attention_impl(cfg.replace(attention="reference"), jnp.float32) == "reference"
     params = init_params(cfg, jax.random.key(0))
     tokens = jnp.arange(8)[None] % 11
     auto = GPT(cfg).apply({"params": params}, tokens)
+    blocked = GPT(cfg.replace(attention="blocked")).apply({"params": params}, tokens)
     xla = GPT(cfg.replace(attention="xla")).apply({"params": params}, tokens)
-    np.testing.assert_array_equal(np.asarray(auto), np.asarray(xla))
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(blocked))
+    np.testing.assert_allclose(np.asarray(auto), np.asarray(xla), atol=1e-5)
 
 
 def test_bf16_training_tracks_fp32_with_fp32_state():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
-from gpt2jax.model import (GPT, init_layer_caches, init_params, logical_axes, mean_loss, param_count, split_layers,
-                           token_nll)
+from gpt2jax.model import (GPT, blocked_causal_attention, init_layer_caches, init_params, logical_axes, mean_loss,
+                           param_count, split_layers, token_nll)
 
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks
 
@@ -75,8 +75,9 @@ def baseline():
     # The baseline is the default: TINY's 3 layers fully unrolled (model.layer_unroll), so the scan variants are
     # the rolled scan and a partial unroll (2 layers per iteration plus a remainder).
     [dict(scan_unroll=2), dict(scan_unroll=1), dict(remat="full"), dict(remat="dots"), dict(attention="reference"),
-     dict(scan_unroll=1, remat="full", attention="reference")],
-    ids=["partly_unrolled", "rolled", "remat_full", "remat_dots", "reference_attention", "all_three"],
+     dict(attention="xla"), dict(attention="blocked"), dict(scan_unroll=1, remat="full", attention="reference")],
+    ids=["partly_unrolled", "rolled", "remat_full", "remat_dots", "reference_attention", "xla_attention",
+         "blocked_attention", "all_three"],
 )
 def test_variants_match_baseline(variant, baseline):
     """Scan vs unrolled layers, remat on vs off, dot_product_attention vs reference: same outputs and grads."""
@@ -85,6 +86,29 @@ def test_variants_match_baseline(variant, baseline):
     assert _rel(logits, base_logits) <= 1e-5
     assert _rel(loss, base_loss) <= 1e-5
     for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
+        assert _rel(g, g0) <= 1e-5
+
+
+@pytest.mark.parametrize("block", [4, 9, 16])
+def test_blocked_attention_matches_float64_and_xla_gradients(block):
+    """blocked_causal_attention with query blocks of 4 (3 blocks, the last one short), 9 (one) and 16 (one, longer
+    than T): outputs against float64 numpy softmax attention, gradients against jax.nn.dot_product_attention's."""
+    B, T, N, H = 2, 9, 3, 8
+    q, k, v, dy = (np.random.default_rng(i).standard_normal((B, T, N, H)).astype(np.float32) for i in range(4))
+    qt, kt, vt = (np.asarray(a, np.float64).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, N, T, H)
+    scores = np.where(np.tril(np.ones((T, T), bool)), qt @ kt.transpose(0, 1, 3, 2) / np.sqrt(H), -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    ref = ((probs / probs.sum(-1, keepdims=True)) @ vt).transpose(0, 2, 1, 3)  # (B, T, N, H)
+
+    @jax.jit
+    def grads(q, k, v):
+        blocked = jax.vjp(functools.partial(blocked_causal_attention, block=block), q, k, v)
+        xla = jax.vjp(functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="xla"), q, k, v)
+        return blocked[0], blocked[1](dy), xla[1](dy)
+
+    out, got, want = grads(q, k, v)
+    assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-5
+    for g, g0 in zip(got, want):
         assert _rel(g, g0) <= 1e-5
 
 
