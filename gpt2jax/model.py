@@ -102,8 +102,9 @@ def attention_impl(cfg: GPTConfig, dtype, has_mask: bool = False) -> str:
     return "cudnn" if half and backend == "gpu" else "blocked" if backend == "cpu" else "xla"
 
 
-# Query rows per block of `blocked_causal_attention`: of 32, 64, 128 and 256, 128 was fastest at T=256 (forward
-# and backward) and T=1024 (forward) on the CPU, and shorter contexts are one block (bench/attention.py).
+# Query rows per block of `blocked_causal_attention`, from bench/attention.py on the CPU (32, 64, 128, 256 tried):
+# 64 and 128 alike at T=256 forward and backward (each ahead in one of two runs), 128 fastest at T=1024 forward;
+# contexts up to 128 are one block.
 ATTENTION_BLOCK = 128
 
 
