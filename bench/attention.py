@@ -93,13 +93,14 @@ def main(argv=None) -> int:
         ref = next(v for k, v in ms.items() if k.startswith("torch"))
         results[label] = dict(shape=shape, forward_and_backward=train, ms=ms)
         for name, v in ms.items():
-            default = "  (model.attention=auto on a CPU)" if name == f"blocked_{ATTENTION_BLOCK}" or (
-                name == "blocked_64" and shape[1] == 64) else ""
+            auto = name == f"blocked_{min(ATTENTION_BLOCK, shape[1])}"  # contexts up to the block: one block
+            default = "  (model.attention=auto on a CPU)" if auto else ""
             line = f"| {label} {shape} | {'fwd+bwd' if train else 'fwd'} | {name}{default} | {v:.2f} | {ref / v:.2f}x |"
             lines.append(line)
             print(line, flush=True)
+    command = "python bench/attention.py " + " ".join(argv or sys.argv[1:])
     meta = dict(jax=jax.__version__, torch=torch.__version__, cpu_count=os.cpu_count(), rounds=args.rounds,
-                statistic="median", load=os.getloadavg(), command="python bench/attention.py " + " ".join(argv or sys.argv[1:]))
+                statistic="median", load=os.getloadavg(), command=command)
     if args.out:
         out = Path(args.out)
         out.write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")

@@ -91,12 +91,10 @@ def attention_impl(cfg: GPTConfig, dtype, has_mask: bool = False) -> str:
     full forwards): cuDNN's fused flash attention on a GPU for bf16/fp16 (measured on an H200 at 124M, T=1024: a
     2x faster step than xla and 17 vs 31 GB of temporaries), `blocked_causal_attention` on the CPU (see its
     docstring), XLA's attention elsewhere (GPU fp32). The masked KV-cache decoder always takes XLA's."""
-    if has_mask and cfg.attention == "blocked":
+    if has_mask and cfg.attention in ("auto", "blocked"):
         return "xla"  # blocked attention is plain causal self-attention only
     if cfg.attention != "auto":
         return cfg.attention
-    if has_mask:
-        return "xla"
     backend = jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return "cudnn" if half and backend == "gpu" else "blocked" if backend == "cpu" else "xla"
@@ -113,8 +111,8 @@ def blocked_causal_attention(q, k, v, block: int = ATTENTION_BLOCK):
     last row only: the masked upper triangle beyond the diagonal blocks is never computed (at T=1024, 9/16 of
     the full score matrix is). Heads move next to the batch first, so every product is a plain batched matmul
     over (B, N). Scores and softmax in float32, as in jax.nn.dot_product_attention. q, k, v (B, T, N, H) ->
-    (B, T, N, H). On the CPU, with autodiff's backward: 2.5-3x faster than jax.nn.dot_product_attention's XLA
-    implementation per layer, forward and backward (bench/attention.py)."""
+    (B, T, N, H). On the CPU, per layer, than jax.nn.dot_product_attention's XLA implementation: 2.6x faster at the
+    124M training shape (forward and autodiff's backward), 3.5x at the T=1024 scoring forward (bench/attention.py)."""
     T, H = q.shape[1], q.shape[-1]
     qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, N, T, H)
     qt = qt * jnp.asarray(1 / math.sqrt(H), qt.dtype)  # scaling the (B, N, T, H) queries is cheaper than the scores
