@@ -73,6 +73,9 @@ def build_parser():
     p.add_argument("--big_steps", type=int, default=1, help="steps per timed 124m run (default 1)")
     p.add_argument("--gpu_steps", type=int, default=10, help="steps per timed gpu run (default 10)")
     p.add_argument("--full_steps", type=int, default=0, help="override max_steps of the full run (0: the config's)")
+    p.add_argument("--full_repeats", type=int, default=2,
+                   help="full runs per side, alternating reference, gpt2jax, gpt2jax, reference, ... (default 2: "
+                        "this machine's speed drifts over minutes, and ABBA cancels a steady drift); median")
     p.add_argument("--torch_threads", type=int, nargs="+", default=sorted({1, os.cpu_count()}),
                    help="torch intra-op threads for the CPU parts; each is measured, the fastest is the reference "
                         "(on a shared machine one thread can beat two)")
@@ -365,7 +368,9 @@ def score_part(args, peak, threads):
 
 
 def full_part(args, threads):
-    """configs/shakespeare_char.py end to end, ours (gpt2jax.train) vs the reference loop (full_reference_run)."""
+    """The whole configs/shakespeare_char.py run (steps, evals, samples, checkpoints, final eval) with gpt2jax.train
+    and with torch_gpt2.full_reference_run; --full_repeats runs per side in ABBA order, each in a fresh run dir and
+    paying its own compiles; median wall time per side."""
     import torch
 
     from torch_gpt2 import full_reference_run
@@ -375,31 +380,50 @@ def full_part(args, threads):
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         prep.prepare_files([REPO / "data" / "tinyshakespeare.txt"], data, tokenizer="char")
-        config = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")])
-        config.data.dir, config.run_root = str(data), str(Path(tmp) / "runs")
-        config.train.progress = False
-        if args.full_steps:
-            config.train.update(max_steps=args.full_steps, eval_every=max(1, args.full_steps // 4))
-            config.optim.update(decay_steps=args.full_steps, warmup_steps=min(100, args.full_steps // 2))
-        if args.toy:
-            config.train.eval_batches = 10
+
+        def config_for(run: str):
+            config = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")])
+            config.data.dir, config.run_root = str(data), str(Path(tmp) / run)
+            config.train.progress = False
+            if args.full_steps:
+                config.train.update(max_steps=args.full_steps, eval_every=max(1, args.full_steps // 4))
+                config.optim.update(decay_steps=args.full_steps, warmup_steps=min(100, args.full_steps // 2))
+            if args.toy:
+                config.train.eval_batches = 10
+            return config
+
+        config = config_for("runs")
         th = threads[0]
         torch.set_num_threads(th)
         print(f"[full] {config.name}: {config.train.max_steps} steps, eval every {config.train.eval_every} "
-              f"({config.train.eval_batches} batches), torch {th} thread(s); load {load()}", flush=True)
-        load_ref = load()
-        ref = full_reference_run(config, data, Path(tmp) / "ref_run")
-        print(f"  reference: {ref['wall_s']:.1f}s, val loss {ref['val_loss']:.4f}", flush=True)
-        load_ours = load()
-        t = time.perf_counter()
-        ours = train(config, devices=jax.devices()[:1])
-        ours_s = time.perf_counter() - t
-        print(f"  gpt2jax: {ours_s:.1f}s, val loss {ours['val_loss']:.4f}", flush=True)
+              f"({config.train.eval_batches} batches), torch {th} thread(s), {args.full_repeats} run(s) per side; "
+              f"load {load()}", flush=True)
+        results, loads = {"ref": [], "ours": []}, []
+        for r in range(args.full_repeats):
+            for side in (("ref", "ours") if r % 2 == 0 else ("ours", "ref")):
+                loads.append(load())
+                if side == "ref":
+                    res = full_reference_run(config_for(f"ref{r}"), data, Path(tmp) / f"ref_run{r}")
+                    results[side].append(dict(wall_s=res["wall_s"], val_loss=res["val_loss"],
+                                              final_val_loss=res["final_val_loss"]))
+                else:
+                    t = time.perf_counter()
+                    res = train(config_for(f"ours{r}"), devices=jax.devices()[:1])
+                    results[side].append(dict(wall_s=time.perf_counter() - t, val_loss=res["val_loss"],
+                                              final_val_loss=(res["final"] or {}).get("val_loss"),
+                                              compile_s=res["compile_s"]))
+                last = results[side][-1]
+                print(f"  {'reference' if side == 'ref' else 'gpt2jax'} run {r + 1}/{args.full_repeats}: "
+                      f"{last['wall_s']:.1f}s, val loss {last['val_loss']:.4f} (load {loads[-1]})", flush=True)
+    ref_s = float(np.median([x["wall_s"] for x in results["ref"]]))
+    ours_s = float(np.median([x["wall_s"] for x in results["ours"]]))
+    ours, ref = results["ours"][0], results["ref"][0]  # losses: every run of a side is the same seeded run
     return dict(part="full", shape=f"configs/shakespeare_char.py, {config.train.max_steps} steps incl. evals",
-                ours_wall_s=ours_s, ref_wall_s=ref["wall_s"], ratio=ref["wall_s"] / ours_s,
+                ours_wall_s=ours_s, ref_wall_s=ref_s, ratio=ref_s / ours_s,
                 ours_val_loss=ours["val_loss"], ref_val_loss=ref["val_loss"],
-                ours_final_val_loss=(ours["final"] or {}).get("val_loss"), ref_final_val_loss=ref["final_val_loss"],
-                ours_compile_s=ours["compile_s"], ref=f"torch_{th}t", loads=[load_ours, load_ref])
+                ours_final_val_loss=ours["final_val_loss"], ref_final_val_loss=ref["final_val_loss"],
+                ours_compile_s=ours["compile_s"], ref=f"torch_{th}t", loads=loads,
+                all_wall_s={side: [x["wall_s"] for x in runs] for side, runs in results.items()})
 
 
 def gemm_part(cfg, rows, args, peak, threads):
@@ -473,8 +497,10 @@ def table(rows) -> str:
              "memory ours / ref | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["part"] == "full":
-            lines.append(f"| full | {r['shape']} | {r['ours_wall_s']:.1f} s (val {r['ours_val_loss']:.3f}) | "
-                         f"{r['ref_wall_s']:.1f} s (val {r['ref_val_loss']:.3f}, {r['ref']}) | {r['ratio']:.2f}x | | "
+            runs = {side: " / ".join(f"{x:.1f}" for x in walls) for side, walls in r.get("all_wall_s", {}).items()}
+            lines.append(f"| full | {r['shape']} | {r['ours_wall_s']:.1f} s (runs {runs.get('ours', '-')} s; val "
+                         f"{r['ours_val_loss']:.3f}) | {r['ref_wall_s']:.1f} s (runs {runs.get('ref', '-')} s; val "
+                         f"{r['ref_val_loss']:.3f}, {r['ref']}) | {r['ratio']:.2f}x | | "
                          f"{r['ours_compile_s']:.1f} | | {', '.join(r['loads'])} |")
             continue
         mem = ""
@@ -546,8 +572,8 @@ def main(argv=None) -> int:
         host_malloc = dict(policy="system", reason="small shapes (as gpt2jax.train's auto rule decides)")
     gpu = jax.devices()[0].platform == "gpu"
     bad = sorted(set(parts) - set(PARTS))
-    if bad or args.repeats < 1:
-        raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats < 1")
+    if bad or args.repeats < 1 or args.full_repeats < 1:
+        raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats / --full_repeats < 1")
     if "gpu" in parts and not gpu and not args.toy:
         raise SystemExit("error: --only gpu needs a CUDA device (or --toy to try it); jax sees "
                          + jax.devices()[0].platform)

@@ -43,7 +43,9 @@ def category(name: str) -> str:
 MODEL_PARTS = (  # (part, regex on "<instruction name> <op_name>"); first match wins
     ("matmuls: LM head", r"^(ynn_fusion|dot|custom).*wte\.attend"),
     ("matmuls: layers", r"^(ynn_fusion|dot|custom).*(c_attn|c_proj|c_fc)/"),
-    ("attention core (scores, softmax, values, head layouts)", r"attn/(vmap|reshape)|dot_product_attention"),
+    # jax.nn's attention (dot_product_attention, vmap/reshape) or blocked_causal_attention: everything under attn/
+    # that is not one of its two projections
+    ("attention core (scores, softmax, values, head layouts)", r"/attn/(?!c_attn/|c_proj/)|dot_product_attention"),
     ("layer weights sliced out of the stacked parameters", r"^slice\S* .*/slice$"),
     ("layer norms", r"/ln_(1|2|f)/"),
     ("MLP elementwise (GELU)", r"/mlp/"),

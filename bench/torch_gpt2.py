@@ -200,6 +200,7 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     val_split = open_split(data_dir, "val")
     val_tokens = np.asarray(val_split.tokens(), np.int64)
     m = config.model
+    torch.manual_seed(config.seed)  # the init and the samples: each run of a config is the same run
     model = GPT(m.n_layer, m.n_head, m.n_embd, m.n_positions, val_split.tokenizer.n_vocab)
     trainer = Trainer(model, config.optim, t.max_steps)
     rng = np.random.default_rng(config.seed)
