@@ -572,8 +572,10 @@ def main(argv=None) -> int:
         host_malloc = dict(policy="system", reason="small shapes (as gpt2jax.train's auto rule decides)")
     gpu = jax.devices()[0].platform == "gpu"
     bad = sorted(set(parts) - set(PARTS))
-    if bad or args.repeats < 1 or args.full_repeats < 1:
-        raise SystemExit(f"error: unknown part(s) {bad} (choose from {PARTS}) or --repeats / --full_repeats < 1")
+    if bad:
+        raise SystemExit(f"error: unknown part(s) {bad}: choose from {PARTS}")
+    if args.repeats < 1 or args.full_repeats < 1:
+        raise SystemExit(f"error: --repeats {args.repeats} / --full_repeats {args.full_repeats}: each needs at least 1")
     if "gpu" in parts and not gpu and not args.toy:
         raise SystemExit("error: --only gpu needs a CUDA device (or --toy to try it); jax sees "
                          + jax.devices()[0].platform)
