@@ -327,15 +327,24 @@ def init_params(cfg: GPTConfig, key: jax.Array) -> dict[str, Any]:
     return nn.meta.unbox(GPT(cfg.replace(scan_unroll=1)).init(key, tokens)["params"])
 
 
+# Shapes and axis names depend on the config alone, and each call traces the whole model (0.2 s at the test suite's
+# tiny sizes, more for deep ones): a run asked for them about ten times before it started. Computed once per config;
+# callers get a fresh tree (the leaves, ShapeDtypeStruct and PartitionSpec, are immutable).
+@functools.lru_cache(maxsize=64)
+def _shape_trees(cfg: GPTConfig):
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    return params, nn.get_partition_spec(boxed)
+
+
 def abstract_params(cfg: GPTConfig) -> dict[str, Any]:
     """Parameter shapes without allocating them: a tree of jax.ShapeDtypeStruct."""
-    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    return jax.tree.map(lambda leaf: leaf, _shape_trees(cfg)[0])
 
 
 def logical_axes(cfg: GPTConfig):
     """The logical axis names of every parameter, as a tree of PartitionSpec (e.g. P('layers', 'embed', 'mlp'))."""
-    boxed = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    return nn.get_partition_spec(boxed)
+    return jax.tree.map(lambda leaf: leaf, _shape_trees(cfg)[1], is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def param_count(cfg: GPTConfig) -> int:

@@ -100,6 +100,9 @@ def model_config(config, tokenizer) -> GPTConfig:
     return GPTConfig.from_dict(d)
 
 
+MAX_SEED = 2**31 - 2  # seed and seed + 1 (the dropout key) fit an int32, as `StateLayout.create` traces them
+
+
 def check_train_config(config) -> None:
     """Checks that need neither data nor devices."""
     t, o = config.train, config.optim
@@ -113,6 +116,9 @@ def check_train_config(config) -> None:
     for name in ("watchdog_timeout_s", "watchdog_step_factor", "watchdog_min_s", "peak_flops"):
         if not math.isfinite(t[name]) or t[name] < 0:
             raise ConfigError(f"train.{name} must be a finite number >= 0, got {t[name]}")
+    if not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed={config.seed!r} must be an integer in [0, {MAX_SEED}] (the initial state traces it "
+                          "as an int32, with seed + 1 for the dropout key)")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
     if not 0 <= t.stop_at <= t.max_steps:
