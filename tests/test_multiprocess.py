@@ -33,9 +33,11 @@ WORKER = textwrap.dedent("""
     assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
     print("SUMMARY " + json.dumps({k: summary[k] for k in ("step", "loss", "val_loss")}))
 """)
+# The final eval scores the whole val split (~7000 windows at stride 16): 64 rows per call instead of 8 makes it ~110
+# cross-process calls instead of ~870 (two processes: 43 -> 32 s here), same windows, same code path.
 OVERRIDES = ["--config.name=mp", "--config.train.max_steps=10", "--config.train.batch_size=8",
              "--config.train.grad_accum=2", "--config.train.log_every=1", "--config.train.eval_every=5",
-             "--config.train.final_eval=True"]
+             "--config.train.final_eval=True", "--config.train.eval_batch_size=64"]
 
 
 def config(data_dir, run_root):
