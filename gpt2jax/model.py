@@ -347,7 +347,8 @@ def abstract_params(cfg: GPTConfig) -> dict[str, Any]:
 
 def logical_axes(cfg: GPTConfig):
     """The logical axis names of every parameter, as a tree of PartitionSpec (e.g. P('layers', 'embed', 'mlp'))."""
-    return jax.tree.map(lambda leaf: leaf, _shape_trees(cfg)[1], is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    return jax.tree.map(lambda leaf: leaf, _shape_trees(cfg)[1], is_leaf=is_spec)
 
 
 def param_count(cfg: GPTConfig) -> int:

@@ -71,7 +71,7 @@ class StateLayout:
         """A fresh state for `seed`, created directly in its shardings. The seed is a traced int32 argument, not a
         constant of the program: every seed runs the same compiled program, which JAX's persistent compilation
         cache then serves to every later run of this config (a seed sweep, a test suite: 2-3 s per run on this
-        CPU). The keys are the same as from a Python int (checked by tests/test_replicas.py, whose vmapped
-        initial_state traces the seeds too)."""
+        CPU). The params are bitwise those of `init_params(cfg, jax.random.key(seed))` with a Python int seed
+        (tests/test_model.py)."""
         init = functools.partial(initial_state, self.cfg, self.tx)
         return jax.jit(init, out_shardings=self.shardings)(jnp.int32(seed))
