@@ -25,6 +25,11 @@ Per variant the table gives n, mean, std and the 95% t-interval of the metric ov
 Welch p-value (gpt2jax.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.compute) is in
 results.csv. Plots carry the 95% intervals as error bars.
 
+The runs share JAX's persistent compilation cache in runs/<name>/xla_cache (unless the config sets
+`train.compilation_cache_dir`): the seeds of a variant run the same programs, which then compile once, and a
+resumed sweep compiles nothing it compiled before (3 seeds of configs/tiny_test.py: 37 -> 20 s, compiles 5.5 ->
+about 1 s from the second seed on).
+
 Every variant is built and checked (config, data, mesh) before the first one trains, and a finished run
 (summary.json at max_steps) is not trained again, so an interrupted sweep resumes where it stopped.
 `--parallel K` trains up to K jobs (a run, or a variant's replica group) at once as child processes, each with its
@@ -48,6 +53,9 @@ import ml_collections
 import numpy as np
 
 from gpt2jax.config import ConfigError
+
+
+SWEEP_CACHE = "xla_cache"  # under runs/<name>/, beside the runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +181,8 @@ def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_colle
             if seed is not None:
                 config.seed = seed
             config.run_root = str(Path(experiment.run_root) / experiment.name)
+            if not config.train.compilation_cache_dir:  # seeds share every program: compiled once per variant
+                config.train.compilation_cache_dir = str(Path(config.run_root) / SWEEP_CACHE)
             check_train_config(config)
             configs.append((name, config))
     return configs

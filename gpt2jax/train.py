@@ -343,8 +343,7 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.hostmem), before JAX
     # starts its CPU client
     hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4)
-    if t.compilation_cache_dir:  # JAX's persistent cache: a resumed run skips XLA compilation
-        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
+    use_compilation_cache(t)
     spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
     mesh, rules = mesh_and_rules(spec.config, devices)
     tx, schedule = make_optimizer(spec.optim, spec.model)
@@ -481,6 +480,14 @@ def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
         run.ckpts.close()
     except SaveError as e:  # only reached while another error propagates: report both
         run.say(f"error: {e}")
+
+
+def use_compilation_cache(t) -> None:
+    """train.compilation_cache_dir: JAX's persistent cache, so a resumed run (or another seed) skips XLA compilation.
+    JAX opens the cache at the process's first compile and keeps that directory: a later run in the same process
+    with another directory still uses the first."""
+    if t.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
 
 
 def final_eval_and_sample(run: Run) -> dict:

@@ -124,6 +124,9 @@ def test_seeds_sweep_in_parallel_gives_statistics_and_resumes(tmp_path, capsys, 
     for r in rows:
         summary = json.loads((out / f"{r['variant']},seed={r['seed']}" / "summary.json").read_text())
         assert summary["replicas"] == 3 and summary["mfu"] is not None
+        run_config = json.loads((out / f"{r['variant']},seed={r['seed']}" / "config.json").read_text())
+        assert run_config["train"]["compilation_cache_dir"] == str(out / "xla_cache")
+    assert any((out / "xla_cache").iterdir())  # the child processes compiled into the sweep's shared cache
     again = main([str(exp_file), "--parallel", "2"])
     assert "6 of 6 runs already finished" in capsys.readouterr().out
     assert again["stats"] == result["stats"]
