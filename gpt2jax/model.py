@@ -243,7 +243,8 @@ class GPT(nn.Module):
     def __call__(self, tokens, positions=None, *, deterministic: bool = True, targets=None):
         """tokens (B, T) int -> logits (B, T, V) float32. positions: (B, T) position ids, default arange(T).
         With targets (B, T) int: -> per-token NLL (B, T) float32 instead, from the head's raw output in the compute
-        dtype (`token_nll`), so training never holds float32 or masked copies of the logits."""
+        dtype (`token_nll`): no float32 or masked copies of the logits, beyond what token_nll keeps for its backward
+        pass (the logits in their dtype; on the CPU their float32 exp instead)."""
         cfg = self.cfg
         B, T = tokens.shape
         cfg.check_tokens(T)  # static shape: fails at trace time, before any compile
@@ -370,7 +371,7 @@ def init_layer_caches(cfg: GPTConfig, batch: int, length: int) -> list[dict[str,
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
 
 
-def token_nll(logits, targets, n_valid: int | None = None):
+def token_nll(logits, targets, n_valid: int | None = None, keep_exp: bool | None = None):
     """Per-token negative log-likelihood in float32: logits (..., V) of any float dtype, targets (...) int -> (...).
 
     Only the first n_valid columns are the vocabulary (default: all V); padded embedding rows beyond them are left
@@ -379,8 +380,17 @@ def token_nll(logits, targets, n_valid: int | None = None):
     their own dtype. Autodiff of logsumexp and take_along_axis instead materialises float32 copies of the
     (B, T, V) logits, a scattered one-hot and their sum: on a GPU the biggest non-matmul cost of a 124M step
     (bench/results/gpu_h200/call3_profile_124M_B16.md).
+
+    keep_exp (default: on the CPU only): the backward pass reuses the forward pass's float32 exp(logits - max),
+    saved instead of the logits (the same bytes for float32 logits), rather than computing exp again. XLA:CPU's exp
+    costs ~3 ns an element, so the second one was half the loss's time: (1024, 50304) float32, forward and
+    backward, 424 -> 201 ms (bench/loss.py). On an accelerator exp is nearly free and saving it would add a
+    float32 (B, T, V) write.
     """
-    return _token_nll(logits, targets, logits.shape[-1] if n_valid is None else n_valid)
+    if keep_exp is None:
+        keep_exp = jax.default_backend() == "cpu"
+    n_valid = logits.shape[-1] if n_valid is None else n_valid
+    return _token_nll(logits, targets, n_valid, keep_exp, logits.dtype)
 
 
 def _masked_f32(logits, n_valid: int):
@@ -391,25 +401,32 @@ def _masked_f32(logits, n_valid: int):
     return x
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _token_nll(logits, targets, n_valid: int):
-    return _token_nll_fwd(logits, targets, n_valid)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _token_nll(logits, targets, n_valid: int, keep_exp: bool, dtype):
+    return _token_nll_fwd(logits, targets, n_valid, keep_exp, dtype)[0]
 
 
-def _token_nll_fwd(logits, targets, n_valid: int):
+def _token_nll_fwd(logits, targets, n_valid: int, keep_exp: bool, dtype):
     x = _masked_f32(logits, n_valid)
     peak = jax.lax.stop_gradient(x.max(axis=-1, keepdims=True))  # (..., 1): exp never overflows
-    lse = peak[..., 0] + jnp.log(jnp.exp(x - peak).sum(axis=-1))  # (...)
+    exp = jnp.exp(x - peak)  # (..., V) float32, 0 in padded columns
+    total = exp.sum(axis=-1)  # (...)
+    lse = peak[..., 0] + jnp.log(total)  # (...)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
-    return lse - target_logit, (logits, targets, lse)
+    if keep_exp:
+        return lse - target_logit, (exp, 1.0 / total, targets)
+    return lse - target_logit, (logits, lse, targets)
 
 
-def _token_nll_bwd(n_valid: int, residuals, g):
-    logits, targets, lse = residuals
-    x = _masked_f32(logits, n_valid)
-    column = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    grad = (jnp.exp(x - lse[..., None]) - (column == targets[..., None])) * g[..., None]  # (..., V) float32
-    return grad.astype(logits.dtype), None
+def _token_nll_bwd(n_valid: int, keep_exp: bool, dtype, residuals, g):
+    saved, norm, targets = residuals  # saved (..., V): float32 exp(logits - max), norm 1 / its sum; or logits, lse
+    if keep_exp:
+        probs = saved * norm[..., None]
+    else:
+        probs = jnp.exp(_masked_f32(saved, n_valid) - norm[..., None])
+    column = jax.lax.broadcasted_iota(jnp.int32, probs.shape, probs.ndim - 1)
+    grad = (probs - (column == targets[..., None])) * g[..., None]  # (..., V) float32
+    return grad.astype(dtype), None  # the logits' dtype
 
 
 _token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)

@@ -178,14 +178,16 @@ def _autodiff_nll(logits, targets):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_token_nll_and_its_gradient_match_float64_numpy(dtype):
+@pytest.mark.parametrize("keep_exp", [False, True])  # the accelerators' backward pass and the CPU's
+def test_token_nll_and_its_gradient_match_float64_numpy(dtype, keep_exp):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((3, 7, 20)) * 4  # (B, T, V): 16 real columns, 4 padded ones
     logits[..., 16:] = 30.0  # padded columns that would dominate the softmax if they were counted
     targets = rng.integers(0, 16, (3, 7))
     weights = rng.standard_normal((3, 7))  # a non-uniform upstream gradient
     x = jnp.asarray(logits, dtype)
-    value, grad = jax.value_and_grad(lambda x: (token_nll(x, jnp.asarray(targets), 16) * weights).sum())(x)
+    value, grad = jax.value_and_grad(
+        lambda x: (token_nll(x, jnp.asarray(targets), 16, keep_exp=keep_exp) * weights).sum())(x)
     # float64 numpy on the exact inputs token_nll saw (real columns only): NLL = logsumexp - target logit, and
     # d(sum w * NLL)/dlogits = w * (softmax - onehot(target))
     real = np.asarray(x, np.float64)[..., :16]
