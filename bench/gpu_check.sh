@@ -8,7 +8,9 @@
 #   2. pytest tests/test_model.py tests/test_hf_parity.py tests/test_generate.py (parity with pinned precision);
 #   3. the same bench at batch 32;
 #   4. the AdamW update alone, three forms (bench/optimizer_update.py: optim.adamw_or_skip vs optax.adamw);
-#   5. 355M at batch 16 vs torch.
+#   5. 355M at batch 16 vs torch;
+#   6. the loss alone (bench/loss.py): does recomputing exp in token_nll's backward pass (the accelerators' choice)
+#      still beat keeping it (the CPU's) on bf16 logits of 124M B16 x T1024?
 # The rolled-scan variant and the XLA flag variants (Triton GEMMs off, latency-hiding scheduler) of earlier calls
 # are gone: measured in two and three calls, they settled the defaults (docs/training.md, Throughput).
 # Everything lands in $OUT/results.tgz (the device tool returns at most 8 files) plus $OUT/gpu_check.log.
@@ -25,9 +27,9 @@ source bench/gpu_common.sh
 (nvidia-smi || true) > "$R/nvidia-smi.txt" 2>&1
 if [ -n "${GPU_CHECK_TOY:-}" ]; then
   COMMON=(--only gpu --toy --gpu_steps 2 --repeats 2); TESTS=(-k "float64 or matches_transformers or greedy_ids")
-  OPT=(--shape small --rounds 3)
+  OPT=(--shape small --rounds 3); LOSS=(--rows 256 --rounds 3)
 else
-  COMMON=(--only gpu --gpu_steps 10 --repeats 3); TESTS=(); OPT=(--rounds 15)
+  COMMON=(--only gpu --gpu_steps 10 --repeats 3); TESTS=(); OPT=(--rounds 15); LOSS=(--rows 16384 --rounds 15)
 fi
 
 
@@ -41,4 +43,5 @@ XLA_FLAGS="--xla_gpu_autotune_level=0" \
 part bench_b32 120 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:32 --out_dir "$R/b32"
 part optimizer 60 "$PY" bench/optimizer_update.py "${OPT[@]}" --out "$R/optimizer_update.json"
 part bench_355m 110 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 355m:16 --out_dir "$R/m355"
+part loss 60 "$PY" bench/loss.py "${LOSS[@]}" --dtype bfloat16 --out "$R/loss.json"
 finish
