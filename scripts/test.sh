@@ -4,9 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || { echo "[test] setup failed"; exit 1; }
-# Two worker processes (pytest-xdist), a test file per worker so module fixtures are built once; they share one
-# XLA compilation cache (tests/conftest.py). GPT2JAX_TEST_WORKERS=N picks another count, 0 runs in one process;
-# an -n or -p no:xdist among the arguments wins.
+# Two worker processes (pytest-xdist), a test file per worker so module fixtures are built once; each worker has
+# its own XLA compilation cache (tests/conftest.py). GPT2JAX_TEST_WORKERS=N picks another count, 0 runs in one
+# process; an -n or -p no:xdist among the arguments wins.
 workers=${GPT2JAX_TEST_WORKERS:-2}
 xdist=(-n "$workers" --dist loadfile)
 for arg in "$@"; do
