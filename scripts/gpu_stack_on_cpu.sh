@@ -8,7 +8,8 @@
 # is a multi-GB CUDA build): tests that need them skip.
 #
 #   sudo bash scripts/gpu_stack_on_cpu.sh                         the three files gpu_check.sh runs on the GPU
-#   sudo bash scripts/gpu_stack_on_cpu.sh -n 2 --dist loadfile tests/   the whole suite (~10 min here)
+#   sudo bash scripts/gpu_stack_on_cpu.sh -n 2 --dist loadfile tests/   the whole suite (~12 min here)
+# Measured 2026-11-29 at 9525685 (whole suite): 251 passed, 4 skipped (torch, lm_eval), 13m46 with the set-up.
 #
 # Needs root (debootstrap, chroot, mounts), deb.debian.org and PyPI. The chroot stays in $ROOT (default
 # /tmp/gpt2jax-gpu-stack, ~1 GB) for the next run; delete it with `umount $ROOT/proc $ROOT/dev; rm -rf $ROOT`.
@@ -30,7 +31,8 @@ if [ ! -x "$ROOT/venv/bin/python" ]; then
   mkdir -p "$ROOT/wheels"
   "$HOST_PY" -m pip download -q --only-binary=:all: --python-version 3.13 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform any -d "$ROOT/wheels" "${PINS[@]}"
+    --platform manylinux2014_x86_64 --platform any -d "$ROOT/wheels" "${PINS[@]}" \
+    2> >(grep -v "is ignored" >&2)  # this machine's pip config names index folders that may be absent
   chroot "$ROOT" python3 -m venv /venv
   chroot "$ROOT" env -i PATH=/usr/bin:/bin /venv/bin/pip install -q --no-index --find-links /wheels "${PINS[@]}"
 fi
@@ -45,5 +47,8 @@ print('[gpu-stack] python', sys.version.split()[0], 'jax', jax.__version__, 'fla
 'optax', optax.__version__, 'orbax-checkpoint', o.__version__)"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(tests/test_model.py tests/test_hf_parity.py tests/test_generate.py)
+# The packaging test installs the wheel and runs `pip check`, which rightly reports that these versions are not
+# the package's pins (jax==0.10.2, ...): it cannot pass on this stack.
 exec chroot "$ROOT" env -i HOME=/root PATH=/venv/bin:/usr/bin:/bin PYTHONPATH=/w/main \
-  bash -c 'cd /w/main && exec python -m pytest -q -p no:cacheprovider -rfs "$@"' pytest "${args[@]}"
+  bash -c 'cd /w/main && exec python -m pytest -q -p no:cacheprovider -rfs "$@"' pytest \
+  --deselect tests/test_packaging.py::test_wheel_installs_and_runs_outside_the_repo "${args[@]}"
