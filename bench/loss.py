@@ -38,16 +38,21 @@ def torch_variant(logits, targets, weights):
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, str(logits.dtype))
-    x = torch.from_numpy(np.asarray(logits, np.float32)).to(device, dtype).requires_grad_()
+    x = torch.from_numpy(np.array(logits, np.float32)).to(device, dtype).requires_grad_()
     t = torch.from_numpy(np.array(targets)).long().to(device)
     w = torch.from_numpy(np.array(weights)).to(device)
 
-    def step():
+    def step():  # timed: the gradient stays on the device, as jax's does
         x.grad = None
         loss = (torch.nn.functional.cross_entropy(x[:, :GPT2_VOCAB_SIZE], t, reduction="none") * w).sum()
         loss.backward()
-        return loss.detach(), x.grad  # float(loss) waits for the GPU
-    return lambda: (lambda loss, grad: (float(loss), grad.float().cpu().numpy()))(*step())
+        return float(loss.detach()), x.grad  # float() waits for the GPU's queue, the backward pass included
+    return step
+
+
+def as_float32_numpy(grad):
+    """A variant's gradient on the host, for the agreement check only (never inside the timed calls)."""
+    return grad.float().cpu().numpy() if hasattr(grad, "cpu") else np.asarray(grad, np.float32)
 
 
 def main():
@@ -69,13 +74,14 @@ def main():
         runs["torch F.cross_entropy"] = torch_step
     results = {name: fn() for name, fn in runs.items()}  # compile, first touch; and the values to compare
     base_loss, base_grad = results["recompute exp (accelerators)"]
-    base_grad = np.asarray(base_grad, np.float32)
-    # bf16: the gradient's rounding, and torch's log-softmax runs in bf16 (ours in float32)
-    atol = 1e-8 if args.dtype == "float32" else 1e-2 * np.abs(base_grad).max()
+    base_grad = as_float32_numpy(base_grad)
+    # relative to the largest gradient element (it scales as 1/rows); bf16: the gradient's rounding, and torch's
+    # log-softmax runs in bf16 (ours in float32)
+    atol = (1e-5 if args.dtype == "float32" else 1e-2) * np.abs(base_grad).max()
     for name, (loss, grad) in results.items():
         np.testing.assert_allclose(float(loss), float(base_loss), rtol=1e-5 if args.dtype == "float32" else 1e-2,
                                    err_msg=name)
-        np.testing.assert_allclose(np.asarray(grad, np.float32), base_grad, atol=atol, err_msg=name)
+        np.testing.assert_allclose(as_float32_numpy(grad), base_grad, atol=atol, err_msg=name)
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
