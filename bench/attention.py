@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gpt2jax.metrics import cpu_description  # noqa: E402
 from gpt2jax.model import ATTENTION_BLOCK, blocked_causal_attention  # noqa: E402
 
 SHAPES = {"char": ((12, 64, 4, 32), True), "124m": ((4, 256, 12, 64), True), "score": ((1, 1024, 12, 64), False)}
@@ -99,8 +100,8 @@ def main(argv=None) -> int:
             lines.append(line)
             print(line, flush=True)
     command = "python bench/attention.py " + " ".join(argv or sys.argv[1:])
-    meta = dict(jax=jax.__version__, torch=torch.__version__, cpu_count=os.cpu_count(), rounds=args.rounds,
-                statistic="median", load=os.getloadavg(), command=command)
+    meta = dict(jax=jax.__version__, torch=torch.__version__, cpu=cpu_description(), cpu_count=os.cpu_count(),
+                rounds=args.rounds, statistic="median", load=os.getloadavg(), command=command)
     if args.out:
         out = Path(args.out)
         out.write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")

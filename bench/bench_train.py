@@ -584,7 +584,8 @@ def main(argv=None) -> int:
     devices = list(jax.devices()[:1])
     peak = metrics_lib.peak_flops(devices)
     meta = dict(device=devices[0].device_kind, platform=devices[0].platform, cpu_count=os.cpu_count(),
-                machine=platform.processor() or platform.machine(), jax=jax.__version__, torch=torch.__version__,
+                machine=platform.processor() or platform.machine(), cpu=metrics_lib.cpu_description(),
+                jax=jax.__version__, torch=torch.__version__,
                 peak_flops=peak, peak_source="measured fp32 matmul (gpt2jax.metrics.measure_cpu_flops)"
                 if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,

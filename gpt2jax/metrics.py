@@ -46,6 +46,19 @@ def measure_cpu_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def cpu_description() -> str:
+    """The host CPU's model name and widest float vector extension (from /proc/cpuinfo on Linux), for benchmark
+    records: XLA's and torch's matmul kernels differ by vector width, so CPU ratios depend on it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    widest = next((isa for isa in ("avx512f", "avx2", "avx", "sse4_2") if isa in flags), "none listed")
+    return f"{model}, {widest}" + (", amx_bf16" if "amx_bf16" in flags else "")
+
+
 def peak_flops(devices, override: float = 0.0) -> float | None:
     """Peak FLOP/s of all `devices` together; override > 0 is taken as the per-device peak."""
     if override > 0:
