@@ -1,6 +1,6 @@
 """Training and scoring throughput: gpt2jax vs a PyTorch reference (bench/torch_gpt2.py), side by side.
 
-    python bench/bench_train.py                          # CPU: char, full, 124m, score, gemm (~17 min, 2 cores)
+    python bench/bench_train.py                          # CPU: char, full, 124m, score, gemm (9-17 min, 2 cores)
     python bench/bench_train.py --only char,124m         # pick parts
     python bench/bench_train.py --only gpu               # GPU: 124M T=1024 bf16 at batch 16 and 32, 355M
 

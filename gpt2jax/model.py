@@ -111,8 +111,9 @@ def blocked_causal_attention(q, k, v, block: int = ATTENTION_BLOCK):
     last row only: the masked upper triangle beyond the diagonal blocks is never computed (at T=1024, 9/16 of
     the full score matrix is). Heads move next to the batch first, so every product is a plain batched matmul
     over (B, N). Scores and softmax in float32, as in jax.nn.dot_product_attention. q, k, v (B, T, N, H) ->
-    (B, T, N, H). On the CPU, per layer, than jax.nn.dot_product_attention's XLA implementation: 2.6x faster at the
-    124M training shape (forward and autodiff's backward), 3.5x at the T=1024 scoring forward (bench/attention.py)."""
+    (B, T, N, H). On the CPU, per layer, than jax.nn.dot_product_attention's XLA implementation: 2.5-2.6x faster at
+    the 124M training shape (forward and autodiff's backward), 2.6-3.5x at the T=1024 scoring forward
+    (bench/attention.py on an AVX-512 and an AVX2 CPU)."""
     T, H = q.shape[1], q.shape[-1]
     qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, N, T, H)
     qt = qt * jnp.asarray(1 / math.sqrt(H), qt.dtype)  # scaling the (B, N, T, H) queries is cheaper than the scores
