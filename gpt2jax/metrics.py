@@ -53,8 +53,9 @@ def cpu_description() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown (no /proc/cpuinfo)"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    lines = info.splitlines()  # the first CPU's "model name" and "flags" lines stand for all of them
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     widest = next((isa for isa in ("avx512f", "avx2", "avx", "sse4_2") if isa in flags), "none listed")
     return f"{model}, {widest}" + (", amx_bf16" if "amx_bf16" in flags else "")
 
