@@ -144,12 +144,24 @@ def layer_unroll(cfg: GPTConfig) -> int:
     return cfg.n_layer if cfg.n_layer <= MAX_AUTO_UNROLL else 1
 
 
+def cudnn_flash_takes(q_len: int, kv_len: int, head_dim: int) -> bool:
+    """Whether cuDNN's fused flash attention (jax 0.10-0.11) takes these shapes in training as well as forward.
+    Its backward pass is checked only when autodiff transforms the forward, outside any try at the call site, so
+    auto must decide before: head dim a multiple of 8 and at most 128 (256 from Hopper on; 128 is the bound for
+    every GPU) and, for the training kernels, even sequence lengths (on an H200 with jax 0.11.2 a bf16 training
+    step at T=11 raised "Unsupported sequence length Q 11, KV 11" while differentiating)."""
+    return head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and kv_len % 2 == 0
+
+
 def dot_product_attention(cfg: GPTConfig, q, k, v, mask, is_causal: bool):
     """Attention with the implementation of `attention_impl`: `blocked_causal_attention` or
-    jax.nn.dot_product_attention; when auto picked cuDNN and cuDNN refuses these shapes (at trace time), XLA's."""
+    jax.nn.dot_product_attention; when auto picked cuDNN and cuDNN does not take these shapes (`cudnn_flash_takes`,
+    or a refusal at trace time), XLA's."""
     impl = attention_impl(cfg, q.dtype, mask is not None)
     if impl == "blocked":
         return blocked_causal_attention(q, k, v)
+    if impl == "cudnn" and cfg.attention == "auto" and not cudnn_flash_takes(q.shape[1], k.shape[1], q.shape[-1]):
+        impl = "xla"
     if impl == "cudnn" and cfg.attention == "auto":
         try:
             return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")

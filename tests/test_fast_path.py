@@ -15,7 +15,7 @@ from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
 from gpt2jax.memory import MemoryFitError
-from gpt2jax.model import GPT, attention_impl, init_params
+from gpt2jax.model import GPT, attention_impl, cudnn_flash_takes, init_params
 from gpt2jax.multistep import call_length, steps_per_call
 from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import make_mesh, param_shardings
@@ -70,7 +70,8 @@ def test_batches_of_several_steps_are_the_single_batches_stacked(char_data):
         np.testing.assert_array_equal(stacked[i], loader.rows(7 + i, 1, 3))
 
 
-def test_attention_auto_is_blocked_on_cpu_and_xla_with_a_mask():
+def test_attention_auto_is_blocked_on_cpu_and_xla_with_a_mask(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # the CPU's rule, on any machine
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=11)
     assert cfg.attention == "auto"
     for dtype in ("float32", "bfloat16"):
@@ -85,6 +86,37 @@ def test_attention_auto_is_blocked_on_cpu_and_xla_with_a_mask():
     xla = GPT(cfg.replace(attention="xla")).apply({"params": params}, tokens)
     np.testing.assert_array_equal(np.asarray(auto), np.asarray(blocked))
     np.testing.assert_allclose(np.asarray(auto), np.asarray(xla), atol=1e-5)
+
+
+def test_auto_keeps_cudnn_off_shapes_its_training_kernels_refuse(monkeypatch):
+    """On a GPU, auto's cuDNN pick falls back to XLA's attention for odd sequence lengths and head dims cuDNN's
+    flash kernels refuse: its backward pass refuses them only while autodiff transforms the forward, too late for
+    the call site's fallback (found on an H200: a bf16 training step at T=11 raised). Here the GPU backend is
+    faked, so the bf16 loss and gradients at T=11 must be XLA's exactly."""
+    assert cudnn_flash_takes(1024, 1024, 64) and cudnn_flash_takes(12, 12, 128)
+    assert not cudnn_flash_takes(11, 11, 64) and not cudnn_flash_takes(12, 11, 64)
+    assert not cudnn_flash_takes(12, 12, 12) and not cudnn_flash_takes(12, 12, 256)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=11, dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jnp.arange(12)[None] % 11  # T = 11 inputs after the shift
+
+    def loss_and_grads(c):
+        return jax.value_and_grad(lambda p: GPT(c).apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:]).mean())(
+            params)
+
+    asked, real_attention = [], jax.nn.dot_product_attention
+
+    def spy(*args, implementation=None, **kwargs):  # the implementations the model asks jax for
+        asked.append(implementation)
+        return real_attention(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    assert attention_impl(cfg, jnp.bfloat16) == "cudnn"
+    (auto_loss, auto_grads), (xla_loss, xla_grads) = loss_and_grads(cfg), loss_and_grads(cfg.replace(attention="xla"))
+    assert asked and set(asked) == {"xla"}  # auto never tried cuDNN at T=11
+    assert auto_loss == xla_loss
+    jax.tree.map(np.testing.assert_array_equal, auto_grads, xla_grads)
 
 
 def test_bf16_training_tracks_fp32_with_fp32_state():
