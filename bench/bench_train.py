@@ -84,8 +84,8 @@ def build_parser():
     p.add_argument("--gpu_shapes", default="124m:16,124m:32,355m:16",
                    help="gpu part: comma-separated <124m|355m>:<batch> at T=1024 (default 124m:16,124m:32,355m:16)")
     p.add_argument("--ours_variants", nargs="*", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
-                   help="extra gpt2jax sides with model overrides, timed in the same alternation, e.g. "
-                        "'scan_unroll=12' 'remat=dots' (reported under all_ms)")
+                   help="extra gpt2jax sides with model overrides (and train.steps_per_call), timed in the same "
+                        "alternation, e.g. 'scan_unroll=12' 'remat=dots' 'steps_per_call=10' (reported under all_ms)")
     p.add_argument("--no_ref", action="store_true", help="time gpt2jax only (e.g. to compare XLA_FLAGS across runs)")
     p.add_argument("--profile_dir", default="",
                    help="also profile a few steps of each side of the first shape of every part (jax.profiler / "
@@ -270,7 +270,9 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
     sides, first_s, torch_mem = {"gpt2jax": lambda: ours.run(n_steps)}, {}, {}
     variants = {}
     for spec in args.ours_variants:
-        v = OursTrainer(cfg.replace(**parse_overrides(spec)), optim, batch, seq_len, max_steps=10_000)
+        overrides = parse_overrides(spec)
+        k = overrides.pop("steps_per_call", 0)  # train.steps_per_call, the one non-model key
+        v = OursTrainer(cfg.replace(**overrides), optim, batch, seq_len, max_steps=10_000, steps_per_call=k)
         v.run(max(n_steps, v.k))
         variants[f"gpt2jax[{spec}]"] = v
         sides[f"gpt2jax[{spec}]"] = lambda v=v: v.run(n_steps)
