@@ -170,7 +170,7 @@ class OursTrainer:
                                  lambda: activation_context(mesh, ()))
         self.compile_s = time.perf_counter() - t0
         self.memory = StepMemory.of(self.fns.get("multi") or self.fns["step"])
-        self.state = layout.create(0)
+        self.layout, self.state = layout, layout.create(0)
         self.rng = np.random.default_rng(0)
 
     def params(self):
@@ -184,7 +184,9 @@ class OursTrainer:
             shape = (k, 1, self.B, self.T + 1) if k > 1 else (1, self.B, self.T + 1)
             tokens = self.rng.integers(0, self.cfg.vocab_size, shape, dtype=np.int32)
             fn = self.fns["multi"] if k > 1 else self.fns["step"]
-            self.state, m = fn(self.state, tokens)
+            sharding = self.layout.stacked_batch if k > 1 else self.layout.batch
+            # a device array made as gpt2jax.train makes it (data.loader.global_batch), not a numpy argument
+            self.state, m = fn(self.state, jax.make_array_from_process_local_data(sharding, tokens, shape))
             done += k
         jax.block_until_ready(m)
         return np.asarray(m["loss"])

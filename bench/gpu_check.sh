@@ -6,7 +6,8 @@
 #      unrolled on a GPU by model.scan_unroll=0) vs torch.compile + bf16 autocast + flash SDPA + fused AdamW,
 #      alternating, plus a kernel-time profile of each side (bench/profile_summary.py). Also gpt2jax with 5 steps
 #      per call (train.steps_per_call=5): on 2026-12-04 ours spent 34.6 ms a step for 31.3 ms of kernels where
-#      torch spent 33.7 for 32.6, so are ~2 ms a step host gaps between calls?
+#      torch spent 33.7 for 32.6, so are ~2 ms a step host gaps between calls? (Since that call the bench feeds
+#      each call a device array made as gpt2jax.train makes it, where it passed numpy before.)
 #   2. pytest tests/test_model.py tests/test_hf_parity.py tests/test_generate.py (parity with pinned precision) and
 #      the attention routing of tests/test_fast_path.py;
 #   3. the loss alone (bench/loss.py): recomputing exp in token_nll's backward pass (the accelerators' choice)
