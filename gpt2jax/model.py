@@ -149,7 +149,8 @@ def cudnn_flash_takes(q_len: int, kv_len: int, head_dim: int) -> bool:
     Its backward pass is checked only when autodiff transforms the forward, outside any try at the call site, so
     auto must decide before: head dim a multiple of 8 and at most 128 (256 from Hopper on; 128 is the bound for
     every GPU) and, for the training kernels, even sequence lengths (on an H200 with jax 0.11.2 a bf16 training
-    step at T=11 raised "Unsupported sequence length Q 11, KV 11" while differentiating)."""
+    step at T=11 raised "Unsupported sequence length Q 11, KV 11" while differentiating). An explicit
+    model.attention=cudnn at an odd data.seq_len is refused before training by train_config.check_train_config."""
     return head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and kv_len % 2 == 0
 
 

@@ -121,6 +121,11 @@ def check_train_config(config) -> None:
                           "as an int32, with seed + 1 for the dropout key)")
     if config.data.seq_len < 1:
         raise ConfigError(f"data.seq_len must be >= 1, got {config.data.seq_len}")
+    if config.model.attention == "cudnn" and config.data.seq_len % 2:  # see model.cudnn_flash_takes
+        raise ConfigError(
+            f"model.attention=cudnn cannot train at data.seq_len={config.data.seq_len}: cuDNN's flash attention "
+            "trains only at even sequence lengths. Use an even data.seq_len, or model.attention=auto, which takes "
+            "XLA's attention where cuDNN's does not fit")
     if not 0 <= t.stop_at <= t.max_steps:
         raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.max_steps={t.max_steps}]")
     for name in ("lr", "min_lr", "b1", "b2", "eps", "weight_decay", "grad_clip"):

@@ -81,6 +81,10 @@ def test_bad_values_are_named():
     c = parse_config(["train", "--config", f"{REPO}/configs/tiny_test.py", "--config.train.stop_at=99"])
     with pytest.raises(ConfigError, match="train.stop_at=99"):
         check_train_config(c)
+    c = parse_config(["train", "--config", f"{REPO}/configs/tiny_test.py", "--config.model.attention=cudnn",
+                      "--config.data.seq_len=11"])
+    with pytest.raises(ConfigError, match="model.attention=cudnn cannot train at data.seq_len=11"):
+        check_train_config(c)  # cuDNN's backward refuses odd lengths, raising only deep inside the first step
     for seed in (-1, 2**31 - 1):  # the initial state traces seed and seed + 1 as int32
         c = parse_config(["train", "--config", f"{REPO}/configs/tiny_test.py", f"--config.seed={seed}"])
         with pytest.raises(ConfigError, match=rf"seed={seed} must be an integer in \[0, 2147483646\]"):
