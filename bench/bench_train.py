@@ -183,8 +183,8 @@ class OursTrainer:
             k = self.k if n_steps - done >= self.k else 1
             shape = (k, 1, self.B, self.T + 1) if k > 1 else (1, self.B, self.T + 1)
             tokens = self.rng.integers(0, self.cfg.vocab_size, shape, dtype=np.int32)
-            fn = self.fns["multi"] if k > 1 else self.fns["step"]
-            sharding = self.layout.stacked_batch if k > 1 else self.layout.batch
+            fn, sharding = ((self.fns["multi"], self.layout.stacked_batch) if k > 1
+                            else (self.fns["step"], self.layout.batch))
             # a device array made as gpt2jax.train makes it (data.loader.global_batch), not a numpy argument
             self.state, m = fn(self.state, jax.make_array_from_process_local_data(sharding, tokens, shape))
             done += k

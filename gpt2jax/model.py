@@ -161,13 +161,13 @@ def dot_product_attention(cfg: GPTConfig, q, k, v, mask, is_causal: bool):
     impl = attention_impl(cfg, q.dtype, mask is not None)
     if impl == "blocked":
         return blocked_causal_attention(q, k, v)
-    if impl == "cudnn" and cfg.attention == "auto" and not cudnn_flash_takes(q.shape[1], k.shape[1], q.shape[-1]):
-        impl = "xla"
     if impl == "cudnn" and cfg.attention == "auto":
-        try:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
-        except (ValueError, NotImplementedError, RuntimeError, TypeError):
-            impl = "xla"
+        if cudnn_flash_takes(q.shape[1], k.shape[1], q.shape[-1]):
+            try:
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
+            except (ValueError, NotImplementedError, RuntimeError, TypeError):
+                pass
+        impl = "xla"
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=impl)
 
 
