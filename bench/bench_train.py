@@ -232,7 +232,7 @@ def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
     import profile_summary
 
     out = Path(args.profile_dir)
-    tables = {}
+    tables, timelines = {}, {}  # kernel time by category; device busy/idle (GPU only)
     for label, trainer in {"gpt2jax": ours, **variants}.items():
         trace_dir = out / "traces" / "".join(ch if ch.isalnum() else "_" for ch in f"{name}_{label}")
         n = -(-steps // trainer.k) * trainer.k
@@ -240,6 +240,8 @@ def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
             trainer.run(n)
         hlo = None if cuda else (trainer.fns.get("multi") or trainer.fns["step"]).as_text()  # CPU: ops by model part
         tables[label] = profile_summary.jax_kernel_table(trace_dir, n, hlo)
+        if cuda:
+            timelines[label] = profile_summary.device_timeline(trace_dir, n)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     for label, ref in refs.items():
         with torch.profiler.profile(activities=acts) as prof:
@@ -247,9 +249,11 @@ def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
             if cuda:
                 torch.cuda.synchronize()
         tables[label] = profile_summary.torch_kernel_table(prof, steps, cuda)
-    profile_summary.write(out, name, tables)
-    print(profile_summary.markdown(name, {k: dict(v, top=v.get("top", [])[:8]) for k, v in tables.items()}),
-          flush=True)
+        if cuda:
+            timelines[label] = profile_summary.torch_timeline(prof, steps)
+    profile_summary.write(out, name, tables, timelines)
+    print(profile_summary.markdown(name, {k: dict(v, top=v.get("top", [])[:8]) for k, v in tables.items()})
+          + profile_summary.timeline_markdown(name, timelines), flush=True)
 
 
 # ---- parts ---------------------------------------------------------------------------------------------------

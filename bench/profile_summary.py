@@ -22,7 +22,7 @@ from pathlib import Path
 
 CATEGORIES = (  # first match wins; lower-case substrings of kernel names
     ("attention", ("flash", "fmha", "cudnn", "sdpa", "attention", "custom-call")),
-    ("gemm", ("gemm", "cublas", "cutlass", "sm90_xmma", "matmul", "dot", "triton_gemm", "mm_", "xmma",
+    ("gemm", ("gemm", "nvjet", "cublas", "cutlass", "sm90_xmma", "matmul", "dot", "triton_gemm", "mm_", "xmma",
               "aten::mm", "addmm", "bmm")),
     ("loss/softmax", ("softmax", "logsumexp", "log_softmax", "nll", "cross_entropy", "reduce")),
     ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
@@ -70,14 +70,8 @@ def _trace_file(trace_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def jax_kernel_table(trace_dir: Path, steps: int, hlo_text: str | None = None) -> dict:
-    """Sum of complete-event durations per (track, name) from the newest perfetto trace under trace_dir.
-    Device tracks (names with 'GPU' or 'stream') win over host tracks when present. Per step, in ms. Without
-    device tracks and with hlo_text (the profiled step's compiled HLO), only XLA's worker threads count and the
-    categories are model parts."""
-    path = _trace_file(trace_dir)
-    if path is None:
-        return dict(error=f"no perfetto_trace.json.gz under {trace_dir}")
+def _read_trace(path: Path):
+    """(events, process names by pid, device pids, thread names by (pid, tid)) of a Chrome-trace JSON file."""
     events = json.loads(gzip.open(path, "rt").read())
     events = events.get("traceEvents", events) if isinstance(events, dict) else events
     proc_names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
@@ -86,6 +80,98 @@ def jax_kernel_table(trace_dir: Path, steps: int, hlo_text: str | None = None) -
                    or "/device:" in n.lower() and "cpu" not in n.lower()}
     thread_names = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "") for e in events
                     if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    return events, proc_names, device_pids, thread_names
+
+
+GAP_BINS_US = (2, 10, 50, 200)  # a launch gap inside a stream of queued kernels is ~1-2 us
+
+
+def device_timeline(trace_dir: Path, steps: int) -> dict:
+    """_timeline of the device's stream tracks in the newest jax trace under trace_dir."""
+    path = _trace_file(trace_dir)
+    if path is None:
+        return dict(error=f"no perfetto_trace.json.gz under {trace_dir}")
+    events, proc_names, device_pids, thread_names = _read_trace(path)
+    if not device_pids:
+        return dict(error="no device tracks in the trace (a CPU run)")
+    tracks = {key for key, n in thread_names.items() if key[0] in device_pids and "stream" in n.lower()}
+    spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"]), e["name"]) for e in events
+             if e.get("ph") == "X" and "dur" in e and e.get("pid") in device_pids
+             and (not tracks or (e.get("pid"), e.get("tid")) in tracks)]
+    return _timeline(spans, steps, f"{path.name}; tracks: {sorted(thread_names[k] for k in tracks)[:6] or 'all'}")
+
+
+def torch_timeline(prof, steps: int) -> dict:
+    """_timeline of the CUDA kernels and copies of a finished torch.profiler.profile."""
+    try:
+        spans = [(float(e.time_range.start), float(e.time_range.end), e.name) for e in prof.events()
+                 if "cuda" in str(getattr(e, "device_type", "")).lower()]
+    except (AttributeError, TypeError) as e:  # an API change must not cost the bench row printed after it
+        return dict(error=f"torch.profiler events unreadable: {e!r}")
+    return _timeline(spans, steps, "torch.profiler events on the CUDA device")
+
+
+def _timeline(spans: list, steps: int, source: str, top: int = 12) -> dict:
+    """How busy the device was over the profiled steps, from (start us, end us, kernel name) spans: from the first
+    kernel's start to the last one's end, the union of the spans (busy) and what is left (idle), per step, in ms;
+    the idle gaps binned by length, and the longest ones with the kernels on either side. Idle time is what a
+    step's wall time has beyond its kernels: many short gaps point at launch overhead (kernels too small or not
+    queued ahead), a few long ones at the host (a synchronisation, dispatch between calls)."""
+    if not spans:
+        return dict(error=f"no kernels ({source})")
+    spans = sorted(spans)
+    busy, gaps = 0.0, []
+    start, end, last = spans[0]
+    for s, e, name in spans[1:]:
+        if s > end:
+            busy += end - start
+            gaps.append((s - end, last, name))
+            start = s
+        if e > end:
+            end, last = e, name
+    busy += end - start
+    wall = end - spans[0][0]
+    edges = (0,) + GAP_BINS_US + (float("inf"),)
+    bins = {}
+    for lo, hi in zip(edges, edges[1:]):
+        inside = [g for g, _, _ in gaps if lo <= g < hi]
+        bins[f"{lo}-{hi} us" if hi != float("inf") else f">={lo} us"] = dict(
+            count_per_step=len(inside) / steps, ms_per_step=sum(inside) / 1e3 / steps)
+    return dict(source=source, steps=steps, kernels_per_step=len(spans) / steps, span_ms_per_step=wall / 1e3 / steps,
+                busy_ms_per_step=busy / 1e3 / steps, idle_ms_per_step=(wall - busy) / 1e3 / steps, gaps=bins,
+                longest=[dict(us=g, before=b[:120], after=a[:120]) for g, b, a in sorted(gaps)[::-1][:top]])
+
+
+def timeline_markdown(label: str, timelines: dict) -> str:
+    """timelines: side name -> device_timeline dict."""
+    sides = [s for s in timelines if "error" not in timelines[s]]
+    if not sides:
+        return ""
+    lines = [f"## {label}: device busy and idle per step (ms)", "", "| | " + " | ".join(sides) + " |",
+             "|---|" + "---|" * len(sides)]
+    for key, title in (("span_ms_per_step", "first kernel start to last kernel end"),
+                       ("busy_ms_per_step", "busy (union of kernels)"), ("idle_ms_per_step", "idle"),
+                       ("kernels_per_step", "kernels")):
+        lines.append(f"| {title} | " + " | ".join(f"{timelines[s][key]:.2f}" for s in sides) + " |")
+    for b in timelines[sides[0]]["gaps"]:
+        lines.append(f"| gaps {b}: count, ms | " + " | ".join(
+            f"{timelines[s]['gaps'][b]['count_per_step']:.1f}, {timelines[s]['gaps'][b]['ms_per_step']:.2f}"
+            for s in sides) + " |")
+    for s in sides:
+        lines += ["", f"### {s}: longest gaps", "", "| us | kernel before | kernel after |", "|---|---|---|"]
+        lines += [f"| {g['us']:.0f} | `{g['before']}` | `{g['after']}` |" for g in timelines[s]["longest"]]
+    return "\n".join(lines) + "\n"
+
+
+def jax_kernel_table(trace_dir: Path, steps: int, hlo_text: str | None = None) -> dict:
+    """Sum of complete-event durations per (track, name) from the newest perfetto trace under trace_dir.
+    Device tracks (names with 'GPU' or 'stream') win over host tracks when present. Per step, in ms. Without
+    device tracks and with hlo_text (the profiled step's compiled HLO), only XLA's worker threads count and the
+    categories are model parts."""
+    path = _trace_file(trace_dir)
+    if path is None:
+        return dict(error=f"no perfetto_trace.json.gz under {trace_dir}")
+    events, proc_names, device_pids, thread_names = _read_trace(path)
     by_part = hlo_text is not None and not device_pids
     op_names = hlo_op_names(hlo_text) if by_part else {}
     by_name: dict[str, float] = collections.Counter()
@@ -154,8 +240,10 @@ def markdown(label: str, tables: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir: Path, label: str, tables: dict) -> None:
+def write(out_dir: Path, label: str, tables: dict, timelines: dict | None = None) -> None:
+    """The kernel tables (and, from a GPU, the device timelines under "timeline") as JSON and markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "profile_" + "".join(ch if ch.isalnum() else "_" for ch in label)
-    (out_dir / f"{stem}.json").write_text(json.dumps(tables, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(label, tables))
+    data = dict(tables, timeline=timelines) if timelines else tables
+    (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(label, tables) + timeline_markdown(label, timelines or {}))
