@@ -71,7 +71,12 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side, alternating; median (default 3)")
     p.add_argument("--char_steps", type=int, default=60, help="steps per timed char run (default 60)")
     p.add_argument("--big_steps", type=int, default=1, help="steps per timed 124m run (default 1)")
-    p.add_argument("--gpu_steps", type=int, default=10, help="steps per timed gpu run (default 10)")
+    p.add_argument("--gpu_steps", type=int, default=50,
+                   help="steps per timed gpu run (default 50). Each run starts from an idle GPU and ends by reading "
+                        "the loss: on an H200 at 124M B16 gpt2jax's 10-step runs took 8-14 ms more than ten steps of "
+                        "its device timeline (torch's ~1.5 ms; bench/results/gpu_h200/call5_*), over 1 ms a step. "
+                        "A training run reads its metrics a call late and never drains, so longer runs measure what "
+                        "it sees")
     p.add_argument("--full_steps", type=int, default=0, help="override max_steps of the full run (0: the config's)")
     p.add_argument("--full_repeats", type=int, default=2,
                    help="full runs per side, alternating reference, gpt2jax, gpt2jax, reference, ... (default 2: "
