@@ -95,6 +95,10 @@ def build_parser():
     p.add_argument("--profile_dir", default="",
                    help="also profile a few steps of each side of the first shape of every part (jax.profiler / "
                         "torch.profiler) and write kernel-time tables (bench/profile_summary.py) here")
+    p.add_argument("--profile_steps", type=int, default=3,
+                   help="steps per profiled run (default 3; rounded up to whole calls). On a GPU the timeline also "
+                        "gives the run's lead and tail, its wall time beyond its kernels: profile as many steps as a "
+                        "timed run has to read them against that run")
     return p
 
 
@@ -230,19 +234,20 @@ def parse_overrides(spec: str) -> dict:
     return out
 
 
-def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
+def profile_sides(name, ours, variants, refs, args, cuda):
     """A few steps of every side under its profiler; kernel-time tables to --profile_dir (profile_summary)."""
     import torch
 
     import profile_summary
 
-    out = Path(args.profile_dir)
+    out, steps = Path(args.profile_dir), args.profile_steps
     tables, timelines = {}, {}  # kernel time by category; device busy/idle (GPU only)
     for label, trainer in {"gpt2jax": ours, **variants}.items():
         trace_dir = out / "traces" / "".join(ch if ch.isalnum() else "_" for ch in f"{name}_{label}")
         n = -(-steps // trainer.k) * trainer.k
         with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
-            trainer.run(n)
+            with jax.profiler.TraceAnnotation(profile_summary.RUN_MARK):  # a timed run: lead and tail are its edges
+                trainer.run(n)
         hlo = None if cuda else (trainer.fns.get("multi") or trainer.fns["step"]).as_text()  # CPU: ops by model part
         tables[label] = profile_summary.jax_kernel_table(trace_dir, n, hlo)
         if cuda:
@@ -250,9 +255,10 @@ def profile_sides(name, ours, variants, refs, args, cuda, steps: int = 3):
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     for label, ref in refs.items():
         with torch.profiler.profile(activities=acts) as prof:
-            ref.run(steps)
-            if cuda:
-                torch.cuda.synchronize()
+            with torch.profiler.record_function(profile_summary.RUN_MARK):
+                ref.run(steps)
+                if cuda:
+                    torch.cuda.synchronize()
         tables[label] = profile_summary.torch_kernel_table(prof, steps, cuda)
         if cuda:
             timelines[label] = profile_summary.torch_timeline(prof, steps)

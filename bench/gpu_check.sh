@@ -41,6 +41,7 @@ fi
 
 
 part bench_b16 200 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:16 --profile_dir "$R/profile" \
+  --profile_steps 10 \
   --ours_variants "steps_per_call=$K" --out_dir "$R/b16"
 rm -rf "$R/profile/traces"  # tens of MB; the kernel tables next to them are what is read
 part bench_b32 120 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:32 --out_dir "$R/b32"

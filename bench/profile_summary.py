@@ -84,6 +84,13 @@ def _read_trace(path: Path):
 
 
 GAP_BINS_US = (2, 10, 50, 200)  # a launch gap inside a stream of queued kernels is ~1-2 us
+RUN_MARK = "bench.run"  # the host span bench_train.profile_sides puts around each profiled run (both profilers)
+
+
+def _host_spans(events, device_pids) -> list:
+    """(start us, end us, name) of the host-side complete events of a jax trace (Python frames, dispatch, waits)."""
+    return [(float(e["ts"]), float(e["ts"]) + float(e["dur"]), e["name"]) for e in events
+            if e.get("ph") == "X" and "dur" in e and e.get("pid") not in device_pids]
 
 
 def device_timeline(trace_dir: Path, steps: int) -> dict:
@@ -98,25 +105,29 @@ def device_timeline(trace_dir: Path, steps: int) -> dict:
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"]), e["name"]) for e in events
              if e.get("ph") == "X" and "dur" in e and e.get("pid") in device_pids
              and (not tracks or (e.get("pid"), e.get("tid")) in tracks)]
-    return _timeline(spans, steps, f"{path.name}; tracks: {sorted(thread_names[k] for k in tracks)[:6] or 'all'}")
+    return _timeline(spans, steps, f"{path.name}; tracks: {sorted(thread_names[k] for k in tracks)[:6] or 'all'}",
+                     host=_host_spans(events, device_pids))
 
 
 def torch_timeline(prof, steps: int) -> dict:
     """_timeline of the CUDA kernels and copies of a finished torch.profiler.profile."""
     try:
-        spans = [(float(e.time_range.start), float(e.time_range.end), e.name) for e in prof.events()
-                 if "cuda" in str(getattr(e, "device_type", "")).lower()]
+        spans, host = [], []
+        for e in prof.events():
+            span = (float(e.time_range.start), float(e.time_range.end), e.name)
+            (spans if "cuda" in str(getattr(e, "device_type", "")).lower() else host).append(span)
     except (AttributeError, TypeError) as e:  # an API change must not cost the bench row printed after it
         return dict(error=f"torch.profiler events unreadable: {e!r}")
-    return _timeline(spans, steps, "torch.profiler events on the CUDA device")
+    return _timeline(spans, steps, "torch.profiler events on the CUDA device", host=host)
 
 
-def _timeline(spans: list, steps: int, source: str, top: int = 12) -> dict:
+def _timeline(spans: list, steps: int, source: str, top: int = 12, host: list | None = None) -> dict:
     """How busy the device was over the profiled steps, from (start us, end us, kernel name) spans: from the first
     kernel's start to the last one's end, the union of the spans (busy) and what is left (idle), per step, in ms;
     the idle gaps binned by length, and the longest ones with the kernels on either side. Idle time is what a
     step's wall time has beyond its kernels: many short gaps point at launch overhead (kernels too small or not
-    queued ahead), a few long ones at the host (a synchronisation, dispatch between calls)."""
+    queued ahead), a few long ones at the host (a synchronisation, dispatch between calls). With the host spans
+    of a trace holding a RUN_MARK span, also what the marked run took beyond its kernels (`run_edges`)."""
     if not spans:
         return dict(error=f"no kernels ({source})")
     spans = sorted(spans)
@@ -139,7 +150,27 @@ def _timeline(spans: list, steps: int, source: str, top: int = 12) -> dict:
             count_per_step=len(inside) / steps, ms_per_step=sum(inside) / 1e3 / steps)
     return dict(source=source, steps=steps, kernels_per_step=len(spans) / steps, span_ms_per_step=wall / 1e3 / steps,
                 busy_ms_per_step=busy / 1e3 / steps, idle_ms_per_step=(wall - busy) / 1e3 / steps, gaps=bins,
-                longest=[dict(us=g, before=b[:120], after=a[:120]) for g, b, a in sorted(gaps)[::-1][:top]])
+                longest=[dict(us=g, before=b[:120], after=a[:120]) for g, b, a in sorted(gaps)[::-1][:top]],
+                run_edges=run_edges(spans[0][0], end, host or []))
+
+
+def run_edges(first_kernel: float, last_kernel_end: float, host: list, top: int = 8) -> dict | None:
+    """What the marked run's wall time holds beyond its kernels: the lead (run start to the first kernel) and the
+    tail (the last kernel's end to the run's end), in ms, each with the longest host spans inside it (clipped to
+    it; nested spans such as a dispatch and its parts are listed each). A timed run's wall time is its kernels'
+    span plus these two, so a lead or tail far above a step's launch gaps is host work before or after the GPU's,
+    which a run of n steps pays once, not n times."""
+    runs = sorted((s, e) for s, e, name in host if name == RUN_MARK)
+    if not runs:
+        return None
+    start, end = runs[0]
+
+    def inside(lo, hi):
+        clipped = [(min(e, hi) - max(s, lo), name) for s, e, name in host
+                   if name != RUN_MARK and s < hi and e > lo and min(e, hi) > max(s, lo)]
+        return [dict(ms=ms / 1e3, name=name[:120]) for ms, name in sorted(clipped, reverse=True)[:top]]
+    return dict(run_ms=(end - start) / 1e3, lead_ms=(first_kernel - start) / 1e3, tail_ms=(end - last_kernel_end) / 1e3,
+                lead_host=inside(start, first_kernel), tail_host=inside(last_kernel_end, end))
 
 
 def timeline_markdown(label: str, timelines: dict) -> str:
@@ -157,9 +188,20 @@ def timeline_markdown(label: str, timelines: dict) -> str:
         lines.append(f"| gaps {b}: count, ms | " + " | ".join(
             f"{timelines[s]['gaps'][b]['count_per_step']:.1f}, {timelines[s]['gaps'][b]['ms_per_step']:.2f}"
             for s in sides) + " |")
+    edges = {s: timelines[s].get("run_edges") for s in sides}
+    if any(edges.values()):
+        lines.append("| marked run: wall, whole run | " + " | ".join(
+            f"{edges[s]['run_ms']:.2f}" if edges[s] else "" for s in sides) + " |")
+        for key, title in (("lead_ms", "run start to first kernel, whole run"),
+                           ("tail_ms", "last kernel end to run end, whole run")):
+            lines.append(f"| {title} | " + " | ".join(f"{edges[s][key]:.2f}" if edges[s] else "" for s in sides) + " |")
     for s in sides:
         lines += ["", f"### {s}: longest gaps", "", "| us | kernel before | kernel after |", "|---|---|---|"]
         lines += [f"| {g['us']:.0f} | `{g['before']}` | `{g['after']}` |" for g in timelines[s]["longest"]]
+        for key, title in (("lead_host", "before the first kernel"), ("tail_host", "after the last kernel")):
+            if edges[s] and edges[s][key]:
+                lines += ["", f"### {s}: longest host spans {title}", "", "| ms | host span |", "|---|---|"]
+                lines += [f"| {h['ms']:.3f} | `{h['name']}` |" for h in edges[s][key]]
     return "\n".join(lines) + "\n"
 
 
