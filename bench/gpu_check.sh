@@ -5,10 +5,12 @@
 #   1. bench/bench_train.py --only gpu at 124M T=1024 bf16 batch 16: gpt2jax (model.attention=auto -> cuDNN; layers
 #      unrolled on a GPU by model.scan_unroll=0) vs torch.compile + bf16 autocast + flash SDPA + fused AdamW,
 #      alternating, plus each side's kernel-time profile and device timeline (bench/profile_summary.py), and gpt2jax
-#      with 5 steps per call (train.steps_per_call=5). Timed runs are 50 steps: up to 2026-12-04 they were 10, and
-#      the device timelines of that day showed gpt2jax's 10-step runs carrying 8-14 ms of start and stop beyond
-#      their steps (1 ms a step; torch's ~1.5 ms a run), which a training run, reading metrics a call late, does
-#      not pay;
+#      with 5 steps per call (train.steps_per_call=5) and with the hand-written LayerNorm backward that auto picks
+#      on the CPU (model.layer_norm=manual; a GPU keeps flax's until this says otherwise). Timed runs are 50 steps:
+#      up to 2026-12-04 they were 10, and the device timelines of that day showed gpt2jax's 10-step runs carrying
+#      8-14 ms of start and stop beyond their steps (1 ms a step; torch's ~1.5 ms a run), which a training run,
+#      reading metrics a call late, does not pay. The profiled runs are 10 steps, marked on the host, so the
+#      timeline now says how long each run's lead and tail beyond its kernels are and which host spans fill them;
 #   2. the same bench at batch 32;
 #   3. pytest tests/test_model.py tests/test_hf_parity.py tests/test_generate.py (parity with pinned precision) and
 #      the attention routing of tests/test_fast_path.py (2026-12-04: 60 of 63 passed in the part's 240 s, the
@@ -42,7 +44,7 @@ fi
 
 part bench_b16 200 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:16 --profile_dir "$R/profile" \
   --profile_steps 10 \
-  --ours_variants "steps_per_call=$K" --out_dir "$R/b16"
+  --ours_variants "steps_per_call=$K" "layer_norm=manual" --out_dir "$R/b16"
 rm -rf "$R/profile/traces"  # tens of MB; the kernel tables next to them are what is read
 part bench_b32 120 "$PY" bench/bench_train.py "${COMMON[@]}" --gpu_shapes 124m:32 --out_dir "$R/b32"
 # Each test compiles for the GPU; with XLA's GEMM autotuning that was ~10 s a test (2026-11-27: 14 of 54 in 130 s).

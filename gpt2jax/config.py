@@ -24,6 +24,7 @@ GPT2_PRESETS: dict[str, dict[str, int]] = {
 
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "reference")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+LAYER_NORM_IMPLS = ("auto", "autodiff", "manual")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -47,6 +48,9 @@ class GPTConfig:
     # model.blocked_causal_attention) | cudnn (GPU) | reference (hand-written softmax, for tests)
     attention: str = "auto"
     remat: str = "none"  # rematerialisation policy for each block, see REMAT_POLICIES
+    # auto: manual on the CPU, autodiff elsewhere (model.layer_norm_impl) | autodiff (flax's nn.LayerNorm) |
+    # manual (gpt2jax.layernorm: the same math with a hand-written backward pass)
+    layer_norm: str = "auto"
     # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code, 1 = rolled; 0 = auto
     # (model.layer_unroll: fully unrolled up to 24 layers)
     scan_unroll: int = 0
@@ -114,6 +118,8 @@ class GPTConfig:
             raise ConfigError(f"model.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.layer_norm not in LAYER_NORM_IMPLS:
+            raise ConfigError(f"model.layer_norm={self.layer_norm!r} is not one of {LAYER_NORM_IMPLS}")
 
     def check_tokens(self, seq_len: int, max_token_id: int | None = None) -> None:
         """Reject inputs the model cannot embed. Call before tracing; both checks are host-side."""

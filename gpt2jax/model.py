@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax.config import GPTConfig
+from gpt2jax.layernorm import LayerNorm
 
 INIT_STD = 0.02  # GPT-2: weights ~ N(0, 0.02) (openai/gpt-2 model.py, nanoGPT, HF GPT2 _init_weights)
 
@@ -52,15 +53,23 @@ def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, nam
     )
 
 
-def layer_norm(cfg: GPTConfig, name: str | None = None) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_epsilon,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.float32,
-        scale_init=_partitioned(nn.initializers.ones_init(), ("norm",)),
-        bias_init=_partitioned(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+def layer_norm_impl(cfg: GPTConfig) -> str:
+    """model.layer_norm resolved for this backend: "auto" is the hand-written backward pass on the CPU (faster
+    there, see gpt2jax.layernorm), flax's nn.LayerNorm under autodiff elsewhere."""
+    if cfg.layer_norm != "auto":
+        return cfg.layer_norm
+    return "manual" if jax.default_backend() == "cpu" else "autodiff"
+
+
+def layer_norm(cfg: GPTConfig, name: str | None = None) -> nn.Module:
+    """A LayerNorm with parameters `scale` and `bias` (float32, logical axis "norm"); either form, same math."""
+    dtype = jnp.dtype(cfg.dtype)
+    scale_init = _partitioned(nn.initializers.ones_init(), ("norm",))
+    bias_init = _partitioned(nn.initializers.zeros_init(), ("norm",))
+    if layer_norm_impl(cfg) == "manual":
+        return LayerNorm(cfg.layer_norm_epsilon, dtype, scale_init, bias_init, name=name)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=jnp.float32,
+                        scale_init=scale_init, bias_init=bias_init, name=name)
 
 
 def causal_mask(q_offset, q_len: int, kv_len: int, kv_valid=None):

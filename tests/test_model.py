@@ -4,12 +4,14 @@ Tests that run a model several times run it under jax.jit, as training and evalu
 of a forward and backward pass cost tens of seconds per test on a 2-core CPU, one compiled program a few."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
+from gpt2jax.layernorm import LayerNorm
 from gpt2jax.model import (GPT, blocked_causal_attention, init_layer_caches, init_params, logical_axes, mean_loss,
                            param_count, split_layers, token_nll)
 
@@ -75,9 +77,10 @@ def baseline():
     # The baseline is the default: TINY's 3 layers fully unrolled (model.layer_unroll), so the scan variants are
     # the rolled scan and a partial unroll (2 layers per iteration plus a remainder).
     [dict(scan_unroll=2), dict(scan_unroll=1), dict(remat="full"), dict(remat="dots"), dict(attention="reference"),
-     dict(attention="xla"), dict(attention="blocked"), dict(scan_unroll=1, remat="full", attention="reference")],
+     dict(attention="xla"), dict(attention="blocked"), dict(scan_unroll=1, remat="full", attention="reference"),
+     dict(layer_norm="autodiff"), dict(layer_norm="manual")],
     ids=["partly_unrolled", "rolled", "remat_full", "remat_dots", "reference_attention", "xla_attention",
-         "blocked_attention", "all_three"],
+         "blocked_attention", "all_three", "autodiff_layer_norm", "manual_layer_norm"],
 )
 def test_variants_match_baseline(variant, baseline):
     """Scan vs unrolled layers, remat on vs off, dot_product_attention vs reference: same outputs and grads."""
@@ -87,6 +90,44 @@ def test_variants_match_baseline(variant, baseline):
     assert _rel(loss, base_loss) <= 1e-5
     for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
         assert _rel(g, g0) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_manual_layer_norm_matches_float64_jacobian_and_flax(dtype):
+    """gpt2jax.layernorm against float64 numpy (the output, and the gradients from each row's explicit Jacobian
+    dy_i/dx_j = scale_i / sigma * (delta_ij - 1/C - x_hat_i x_hat_j / C)) and against flax's nn.LayerNorm under
+    autodiff (same parameters, same output dtype)."""
+    rng = np.random.default_rng(0)
+    C = 24
+    x = jnp.asarray(rng.standard_normal((2, 5, C)) * 3 + 1.5, dtype)  # a mean far from 0 tests the fast variance
+    scale = jnp.asarray(1 + 0.3 * rng.standard_normal(C), jnp.float32)
+    bias = jnp.asarray(0.3 * rng.standard_normal(C), jnp.float32)
+    dy = jnp.asarray(rng.standard_normal((2, 5, C)), dtype)
+    params = {"params": {"scale": scale, "bias": bias}}
+    init = nn.initializers.ones_init()
+    ours = LayerNorm(1e-5, jnp.dtype(dtype), init, init)
+    flax_ln = nn.LayerNorm(epsilon=1e-5, dtype=jnp.dtype(dtype), param_dtype=jnp.float32)
+
+    def value_and_vjp(module):
+        y, vjp = jax.vjp(lambda p, x: module.apply(p, x), params, x)
+        return y, vjp(dy)
+
+    y, (dp, dx) = value_and_vjp(ours)
+    y_flax, (dp_flax, dx_flax) = value_and_vjp(flax_ln)
+    assert y.dtype == dx.dtype == jnp.dtype(dtype) and dp["params"]["scale"].dtype == jnp.float32
+
+    x64, s64, b64, dy64 = (np.asarray(a, np.float64) for a in (x, scale, bias, dy))
+    mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+    x_hat = (x64 - mean) / np.sqrt(var + 1e-5)
+    jac = (np.eye(C) - 1 / C - x_hat[..., :, None] * x_hat[..., None, :] / C) / np.sqrt(var + 1e-5)[..., None]
+    ref_dx = np.einsum("...i,i,...ij->...j", dy64, s64, jac)  # dy @ diag(scale) @ J
+    tol = dict(atol=2e-5, rtol=1e-5) if dtype == "float32" else dict(atol=0.05, rtol=0.02)  # bf16 output/dx
+    np.testing.assert_allclose(np.asarray(y, np.float64), x_hat * s64 + b64, **tol)
+    np.testing.assert_allclose(np.asarray(dx, np.float64), ref_dx, **tol)
+    np.testing.assert_allclose(np.asarray(dp["params"]["scale"]), (dy64 * x_hat).sum((0, 1)), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dp["params"]["bias"]), dy64.sum((0, 1)), atol=1e-4, rtol=1e-5)
+    for got, want in ((y, y_flax), (dx, dx_flax), *zip(jax.tree.leaves(dp), jax.tree.leaves(dp_flax))):
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), **tol)
 
 
 @pytest.mark.parametrize("block", [4, 9, 16])
