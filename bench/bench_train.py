@@ -317,7 +317,7 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
         args.profiled[name.split()[0]] = True
         profile_sides(name, ours, variants, refs, args, cuda)
     ms = {n: median_ms(v, n_steps) for n, v in runs.items()}
-    if args.no_ref:  # ours alone: report the fastest variant as "ref" so the table stays one shape
+    if args.no_ref:  # ours alone: a nan reference keeps the row's shape; sides_table has every side
         ms.setdefault("torch_0t", float("nan"))
         first_s[0], torch_mem[0] = float("nan"), 0
     best = min((n for n in ms if n.startswith("torch")), key=ms.get)
@@ -534,11 +534,33 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def sides_table(rows) -> str:
+    """Every timed side of each part (gpt2jax, its --ours_variants, each torch thread count), median per step,
+    and its speed relative to gpt2jax's default; empty when no part ran more than one side of each kind."""
+    lines = []
+    for r in rows:
+        sides = {name: ms for name, ms in r.get("all_ms", {}).items() if ms == ms}  # nan: a side not run
+        if len(sides) < 3 and not any("[" in name for name in sides):
+            continue
+        unit = "ms/call" if r["part"] == "score" else "ms/step"
+        for name, ms in sides.items():
+            lines.append(f"| {r['part']} | {name} | {ms:.1f} {unit} | {sides['gpt2jax'] / ms:.3f}x |")
+    if not lines:
+        return ""
+    return "\n".join(["| part | side | median | speed vs gpt2jax |", "|---|---|---|---|", *lines])
+
+
+def results_text(rows) -> str:
+    """The main table, then every side's median where a part timed more than one of ours or of torch."""
+    sides = sides_table(rows)
+    return table(rows) + (f"\n\nEvery side:\n\n{sides}" if sides else "")
+
+
 def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str) + "\n")
     (out / f"{stem}.md").write_text(f"# Training throughput: gpt2jax vs the PyTorch reference\n\n`{meta['command']}`"
-                                    f"\n\n{json.dumps(meta)}\n\n{table(rows)}\n")
+                                    f"\n\n{json.dumps(meta)}\n\n{results_text(rows)}\n")
 
 
 # gpt2jax.train decides its host memory policy per run (gpt2jax.hostmem: "auto" keeps freed memory for large
@@ -571,7 +593,7 @@ def run_part_groups(argv: list[str], parts: list[str], out_dir: Path) -> int:
     meta["host_malloc"] = "per part (rows' host_malloc): " + ", ".join(f"{r['part']} {r['host_malloc']['policy']}"
                                                                       for r in rows)
     write_results(out_dir, "train", meta, rows)
-    print("\n" + table(rows))
+    print("\n" + results_text(rows))
     print(f"wrote {out_dir / 'train.json'}, {out_dir / 'train.md'}")
     return 0
 
@@ -638,7 +660,7 @@ def main(argv=None) -> int:
         for cfg, b, t in sh["gpu"]:
             done(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak, [1],
                            gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95)))
-    print("\n" + table(rows))
+    print("\n" + results_text(rows))
     print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
     return 0
 

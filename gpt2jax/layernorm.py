@@ -8,10 +8,10 @@ compute dtype. The backward pass, from the saved normalised input x_hat and 1/si
     dscale = sum over rows of dy * x_hat,   dbias = sum over rows of dy
 
 Autodiff of flax's LayerNorm compiles on XLA:CPU to 13 ops for one LayerNorm's forward and backward, among them
-two (rows, C) broadcasts of the scale and of 1/sigma; this is 9. On this 2-core CPU that made a LayerNorm's
-forward and backward ~25% faster at the char baby GPT's (768, 128) and the 124M's (1024, 768), and the whole char
-training step 6-7% faster (two one-process A/Bs: 37.5 -> 34.7 and 37.3 -> 35.1 ms), the 124M B4xT256 step 2%
-(4.51 -> 4.43 s). On a GPU XLA fuses either form into a few kernels; `auto` keeps flax's there until a GPU run of
+two (rows, C) broadcasts of the scale and of 1/sigma; this is 9. On this 2-core CPU the char baby GPT's training
+step is 4% faster with it (36.1 against 37.6 ms, faster in 7 of 7 alternating pairs: `python bench/bench_train.py
+--only char,124m --no_ref --ours_variants layer_norm=autodiff`, docs/training.md), the 124M B4xT256 step 0-3%
+(within noise). On a GPU XLA fuses either form into a few kernels; `auto` keeps flax's there until a GPU run of
 bench/bench_train.py (`--ours_variants layer_norm=manual`) says otherwise.
 """
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""bench/bench_train.py's results text: the per-side table that reports --ours_variants and every torch thread
+count (before 2026-12-05 those medians reached only train.json's all_ms)."""
+import sys
+
+from .conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_train  # noqa: E402
+
+
+def _row(part, all_ms):
+    return dict(part=part, all_ms=all_ms)
+
+
+def test_sides_table_lists_variants_and_thread_counts_relative_to_ours():
+    rows = [_row("char", {"gpt2jax": 36.0, "gpt2jax[layer_norm=autodiff]": 40.0, "torch_0t": float("nan")}),
+            _row("score", {"gpt2jax": 1800.0, "transformers_1t": 2700.0, "transformers_2t": 1200.0}),
+            _row("124m", {"gpt2jax": 4000.0, "torch_2t": 3000.0})]  # one side of each kind: in the main table only
+    lines = bench_train.sides_table(rows).splitlines()
+    assert lines[0] == "| part | side | median | speed vs gpt2jax |"
+    body = lines[2:]
+    assert "| char | gpt2jax[layer_norm=autodiff] | 40.0 ms/step | 0.900x |" in body
+    assert "| score | transformers_2t | 1200.0 ms/call | 1.500x |" in body
+    assert not any("torch_0t" in line or "| 124m |" in line for line in body)
+    assert len(body) == 5
+
+
+def test_sides_table_is_empty_when_every_part_timed_one_side_of_each_kind():
+    rows = [_row("char", {"gpt2jax": 36.0, "torch_2t": 39.0})]
+    assert bench_train.sides_table(rows) == ""
+    assert "Every side" not in bench_train.results_text([dict(rows[0], part="char", **_table_fields())])
+
+
+def _table_fields():
+    return dict(shape="s", ours_step_ms=36.0, ours_tok_s=1.0, ref_step_ms=39.0, ref_tok_s=1.0, ref="torch_2t",
+                ratio=1.08, ours_mfu=0.4, ref_mfu=0.4, ours_compile_s=2.0, loads=["1/1/1"])
