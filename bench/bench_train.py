@@ -527,9 +527,13 @@ def table(rows) -> str:
             mem = (f"{r['ours_step_memory_gib']:.2f} GiB compiled need, {r['ours_peak_gib']:.2f} GiB peak / "
                    f"{r['ref_peak_gib']:.2f} GiB peak")
         unit = "ms/call" if r["part"] == "score" else "ms/step"
+        if r["ref_step_ms"] == r["ref_step_ms"]:
+            ref, ratio, ref_mfu = (f"{r['ref_step_ms']:.1f} {unit}, {r['ref_tok_s']:,.0f} tok/s ({r['ref']})",
+                                   f"{r['ratio']:.2f}x", f"{100 * r['ref_mfu']:.1f}%")
+        else:  # --no_ref
+            ref, ratio, ref_mfu = "not run (--no_ref)", "-", "-"
         lines.append(f"| {r['part']} | {r['shape']} | {r['ours_step_ms']:.1f} {unit}, {r['ours_tok_s']:,.0f} tok/s | "
-                     f"{r['ref_step_ms']:.1f} {unit}, {r['ref_tok_s']:,.0f} tok/s ({r['ref']}) | {r['ratio']:.2f}x | "
-                     f"{100 * r['ours_mfu']:.1f}% / {100 * r['ref_mfu']:.1f}% | {r['ours_compile_s']:.1f} | {mem} | "
+                     f"{ref} | {ratio} | {100 * r['ours_mfu']:.1f}% / {ref_mfu} | {r['ours_compile_s']:.1f} | {mem} | "
                      f"{', '.join(r['loads'])} |")
     return "\n".join(lines)
 

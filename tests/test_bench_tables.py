@@ -34,3 +34,13 @@ def test_sides_table_is_empty_when_every_part_timed_one_side_of_each_kind():
 def _table_fields():
     return dict(shape="s", ours_step_ms=36.0, ours_tok_s=1.0, ref_step_ms=39.0, ref_tok_s=1.0, ref="torch_2t",
                 ratio=1.08, ours_mfu=0.4, ref_mfu=0.4, ours_compile_s=2.0, loads=["1/1/1"])
+
+
+def test_main_table_says_when_the_reference_was_not_run():
+    row = dict(part="char", **_table_fields())
+    row.update(ref_step_ms=float("nan"), ref_tok_s=float("nan"), ref="torch_0t", ratio=float("nan"),
+               ref_mfu=float("nan"))
+    line = bench_train.table([row]).splitlines()[-1]
+    assert "not run (--no_ref)" in line and "nan" not in line
+    ran = bench_train.table([dict(part="char", **_table_fields())]).splitlines()[-1]
+    assert "39.0 ms/step" in ran and "1.08x" in ran
