@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt2jax.metrics import cpu_description  # noqa: E402
+from bench_train import command_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 from gpt2jax.model import ATTENTION_BLOCK, blocked_causal_attention  # noqa: E402
 
 SHAPES = {"char": ((12, 64, 4, 32), True), "124m": ((4, 256, 12, 64), True), "score": ((1, 1024, 12, 64), False)}
@@ -99,11 +100,12 @@ def main(argv=None) -> int:
             line = f"| {label} {shape} | {'fwd+bwd' if train else 'fwd'} | {name}{default} | {v:.2f} | {ref / v:.2f}x |"
             lines.append(line)
             print(line, flush=True)
-    command = "python bench/attention.py " + " ".join(argv or sys.argv[1:])
+    command = command_line(argv or sys.argv[1:], "bench/attention.py")
     meta = dict(jax=jax.__version__, torch=torch.__version__, cpu=cpu_description(), cpu_count=os.cpu_count(),
                 rounds=args.rounds, statistic="median", load=os.getloadavg(), command=command)
     if args.out:
         out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")
         out.with_suffix(".md").write_text("# Causal attention alone, one layer\n\n`" + meta["command"] + "`\n\n"
                                           + json.dumps(meta) + "\n\n" + "\n".join(lines) + "\n")

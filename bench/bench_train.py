@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -63,6 +64,7 @@ from gpt2jax.state import StateLayout  # noqa: E402
 from gpt2jax.train import compile_steps, parse_config  # noqa: E402
 
 PARTS = ("char", "124m", "score", "full", "gemm", "gpu")
+ENV_THAT_MATTERS = ("XLA_FLAGS", hostmem.ENV)  # written into the results' command line
 
 
 def build_parser():
@@ -594,13 +596,21 @@ def run_part_groups(argv: list[str], parts: list[str], out_dir: Path) -> int:
             result = json.loads((child_out / "train.json").read_text())
             meta = meta or result["meta"]
             rows += [dict(row, host_malloc=result["meta"]["host_malloc"]) for row in result["rows"]]
-    meta["command"] = "python bench/bench_train.py " + " ".join(argv)
+    meta["command"] = command_line(argv)
     meta["host_malloc"] = "per part (rows' host_malloc): " + ", ".join(f"{r['part']} {r['host_malloc']['policy']}"
                                                                       for r in rows)
     write_results(out_dir, "train", meta, rows)
     print("\n" + results_text(rows))
     print(f"wrote {out_dir / 'train.json'}, {out_dir / 'train.md'}")
     return 0
+
+
+def command_line(argv, script: str = "bench/bench_train.py") -> str:
+    """The command as one could rerun it, with the environment settings that change what is timed (XLA's flags
+    pick the matmul library on a CPU; the host memory policy changes page faults), so a results file from
+    `XLA_FLAGS=... python bench/bench_train.py` says so."""
+    env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ENV_THAT_MATTERS if os.environ.get(k))
+    return (env + " " if env else "") + f"python {script} " + " ".join(map(shlex.quote, argv))
 
 
 def main(argv=None) -> int:
@@ -636,7 +646,7 @@ def main(argv=None) -> int:
                 if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
                 statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
-                host_malloc=host_malloc, command="python bench/bench_train.py " + " ".join(argv))
+                host_malloc=host_malloc, command=command_line(argv))
     print(json.dumps(meta), flush=True)
     sh, rows = shapes(args), []
     out, stem = Path(args.out_dir), "train_gpu" if "gpu" in parts else "train"

@@ -44,3 +44,16 @@ def test_main_table_says_when_the_reference_was_not_run():
     assert "not run (--no_ref)" in line and "nan" not in line
     ran = bench_train.table([dict(part="char", **_table_fields())]).splitlines()[-1]
     assert "39.0 ms/step" in ran and "1.08x" in ran
+
+
+def test_results_command_line_carries_the_environment_that_picks_kernels(monkeypatch):
+    """XLA_FLAGS chooses XLA:CPU's matmul library; a results file timed under them must say so (on 2026-12-05
+    five gemm runs differed only in XLA_FLAGS, and their train.md files read alike)."""
+    monkeypatch.delenv("GPT2JAX_HOST_MALLOC", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert bench_train.command_line(["--only", "gemm"]) == "python bench/bench_train.py --only gemm"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("GPT2JAX_HOST_MALLOC", "system")
+    assert bench_train.command_line(["--out_dir", "/tmp/a b"]) == (
+        "XLA_FLAGS='--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=' GPT2JAX_HOST_MALLOC=system "
+        "python bench/bench_train.py --out_dir '/tmp/a b'")
