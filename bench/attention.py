@@ -2,9 +2,10 @@
 implementation (`model.attention=xla`), `model.blocked_causal_attention` at several query block sizes
 (`model.attention=blocked`, what `auto` picks on a CPU) and torch's scaled_dot_product_attention (the PyTorch
 reference's attention, flash attention on a CPU). Same inputs; forward and backward (autodiff) for the training
-shapes, forward only for scoring; alternating rounds, medians, ratios against torch.
+shapes, forward only for scoring; alternating blocks of calls (bench_train.alternate_blocks), medians, ratios
+against torch.
 
-    python bench/attention.py [--rounds 15] [--out bench/results/attention.json]
+    python bench/attention.py [--rounds 5] [--out bench/results/attention.json]
 
 Shapes (B, T, N, H), as in bench/bench_train.py: char (12, 64, 4, 32) and 124m (4, 256, 12, 64) forward and
 backward, score (1, 1024, 12, 64) forward.
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt2jax.metrics import cpu_description  # noqa: E402
-from bench_train import command_line  # noqa: E402  (bench/ is on sys.path when run as a script)
+from bench_train import alternate_blocks, command_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 from gpt2jax.model import ATTENTION_BLOCK, blocked_causal_attention  # noqa: E402
 
 SHAPES = {"char": ((12, 64, 4, 32), True), "124m": ((4, 256, 12, 64), True), "score": ((1, 1024, 12, 64), False)}
@@ -69,20 +70,16 @@ def measure(shape, train: bool, rounds: int) -> dict:
         assert err < 1e-4, f"{name} differs from jax.nn.dot_product_attention by {err}"
     sides = {name: (lambda f=f: jax.block_until_ready(f(*args))) for name, f in fns.items()}
     sides[f"torch_sdpa_{torch.get_num_threads()}t"] = torch_side(train, arrays)
-    times = {name: [] for name in sides}
     for run in sides.values():
-        run(), run()
-    for r in range(rounds):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            t = time.perf_counter()
-            sides[name]()
-            times[name].append(time.perf_counter() - t)
+        run()
+    times = alternate_blocks(sides, rounds)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds per side, alternating; median (default 15)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of alternating blocks, 3 timed calls per side each; median (default 5)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: all)")
     p.add_argument("--out", default="", help="also write the results as JSON here (and a .md beside it)")
     args = p.parse_args(argv)

@@ -137,6 +137,26 @@ def median_ms(times, n_steps) -> float:
     return 1e3 * statistics.median(times) / n_steps
 
 
+def alternate_blocks(sides: dict, rounds: int, calls: int = 3) -> dict:
+    """Short calls (a single matmul, one attention layer): sides name -> fn() (runs and blocks). Every round each
+    side runs an untimed call and then `calls` timed calls back to back, sides in turn (order flipped every
+    round); returns name -> every timed call's seconds. Alternating single calls would time each call right after
+    the other side's: torch's OpenMP workers (libgomp) spin on after a parallel region and take a core from the
+    XLA call that follows (2026-12-05, AMD EPYC, 2 cores: XLA's 124M matmuls at 0.70-0.93x torch's when
+    alternating call by call, 0.86-1.06x in blocks). The untimed call absorbs that; long calls (a training step)
+    barely notice it, so `alternate` times those one at a time."""
+    times = {n: [] for n in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            sides[name]()
+            for _ in range(calls):
+                t = time.perf_counter()
+                sides[name]()
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
 def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list]:
     """sides: name -> fn() (runs and blocks). One untimed round, then alternates them `repeats` times (order flipped
     every repeat). The untimed round lets the shared heap settle: each side's first run after the other has run
@@ -450,7 +470,8 @@ def full_part(args, threads):
 
 def gemm_part(cfg, rows, args, peak, threads):
     """The float32 matrix products of one training step at the 124m shape, alone: XLA's (jitted jnp.matmul) vs
-    torch's (MKL), each product timed alternately, median of repeats, summed over the step's count of it. Every
+    torch's (MKL), each product timed in alternating blocks (`alternate_blocks`), median of the calls, summed over
+    the step's count of it. Every
     layer: forward x @ W, input gradient dY @ W.T, weight gradient X.T @ dY for c_attn, attn.c_proj, mlp.c_fc and
     mlp.c_proj; the tied head once (x @ wte.T, dlogits @ wte, dlogits.T @ x). Attention's batched score/value
     products are left out (3% of the step's FLOPs)."""
@@ -476,14 +497,7 @@ def gemm_part(cfg, rows, args, peak, threads):
         ja, jb, tta, ttb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
         sides = {"ours": lambda: jax.block_until_ready(fn(ja, jb)),
                  "torch": lambda: (tta.T if ta else tta) @ (ttb.T if tb else ttb)}
-        times = {n: [] for n in sides}
-        for f in sides.values():
-            f()
-        for r in range(max(3, args.repeats)):
-            for n in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                t = time.perf_counter()
-                sides[n]()
-                times[n].append(time.perf_counter() - t)
+        times = alternate_blocks(sides, max(3, args.repeats))
         m, k = (a.shape[1], a.shape[0]) if ta else a.shape
         n = b.shape[0] if tb else b.shape[1]
         ours, ref = statistics.median(times["ours"]), statistics.median(times["torch"])
@@ -638,7 +652,10 @@ def main(argv=None) -> int:
     import torch
 
     devices = list(jax.devices()[:1])
-    peak = metrics_lib.peak_flops(devices)
+    # CPU: best of 30 products, not train's 5: one run's second process measured 145 against the first's 177 GFLOP/s
+    # with 5 (2026-12-05), and its gemm part then read 114% MFU
+    peak = (metrics_lib.measure_cpu_flops(repeats=30) if devices[0].platform == "cpu"
+            else metrics_lib.peak_flops(devices))
     meta = dict(device=devices[0].device_kind, platform=devices[0].platform, cpu_count=os.cpu_count(),
                 machine=platform.processor() or platform.machine(), cpu=metrics_lib.cpu_description(),
                 jax=jax.__version__, torch=torch.__version__,

@@ -57,3 +57,13 @@ def test_results_command_line_carries_the_environment_that_picks_kernels(monkeyp
     assert bench_train.command_line(["--out_dir", "/tmp/a b"]) == (
         "XLA_FLAGS='--xla_cpu_use_onednn=true --xla_cpu_experimental_ynn_fusion_type=' GPT2JAX_HOST_MALLOC=system "
         "python bench/bench_train.py --out_dir '/tmp/a b'")
+
+
+def test_alternate_blocks_times_no_call_right_after_the_other_side():
+    """Every timed call follows a call of its own side (an untimed one opens each block), so no side is timed
+    while the other's thread pool still spins; the block order flips every round."""
+    log = []
+    sides = {name: (lambda name=name: log.append(name)) for name in ("ours", "torch")}
+    times = bench_train.alternate_blocks(sides, rounds=3, calls=2)
+    assert {name: len(t) for name, t in times.items()} == {"ours": 6, "torch": 6}
+    assert log == ["ours"] * 3 + ["torch"] * 3 + ["torch"] * 3 + ["ours"] * 3 + ["ours"] * 3 + ["torch"] * 3
