@@ -25,7 +25,7 @@ run in two processes, char and full in one, 124m, score and gemm in the other, e
 that `gpt2jax.train` picks for its shapes (`gpt2jax.hostmem`: freed memory kept for the large ones); torch shares
 the process and its policy. MFU = (6 N + 12 L T C) tokens/s / peak (N: parameters without position
 embeddings; forward-only scoring uses a third of that); the peak is the measured float32 matmul FLOP/s of this
-CPU (`gpt2jax.metrics.measure_cpu_flops`) or the bf16 datasheet number of the GPU. Memory: ours is what the
+CPU (`gpt2jax.metrics.measure_cpu_flops`, again before every part) or the bf16 datasheet number of the GPU. Memory: ours is what the
 compiled step needs (`compiled.memory_analysis()`), torch's is its allocator peak on GPU and the growth of the
 process's peak RSS on CPU. Writes <out_dir>/train.json and train.md and prints the table.
 """
@@ -94,6 +94,10 @@ def build_parser():
     p.add_argument("--ours_variants", nargs="*", default=[], metavar="KEY=VALUE[;KEY=VALUE]",
                    help="extra gpt2jax sides with model overrides (and train.steps_per_call), timed in the same "
                         "alternation, e.g. 'scan_unroll=12' 'remat=dots' 'steps_per_call=10' (reported under all_ms)")
+    p.add_argument("--gemm_call_by_call", action="store_true",
+                   help="gemm part: also time every product the old way, single calls alternating, right after its "
+                        "blocks in the same process (printed and in the json as call_by_call_ratio; the row stays "
+                        "the blocks' figures)")
     p.add_argument("--no_ref", action="store_true", help="time gpt2jax only (e.g. to compare XLA_FLAGS across runs)")
     p.add_argument("--profile_dir", default="",
                    help="also profile a few steps of each side of the first shape of every part (jax.profiler / "
@@ -137,19 +141,21 @@ def median_ms(times, n_steps) -> float:
     return 1e3 * statistics.median(times) / n_steps
 
 
-def alternate_blocks(sides: dict, rounds: int, calls: int = 3) -> dict:
+def alternate_blocks(sides: dict, rounds: int, calls: int = 3, lead: bool = True) -> dict:
     """Short calls (a single matmul, one attention layer): sides name -> fn() (runs and blocks). Every round each
     side runs an untimed call and then `calls` timed calls back to back, sides in turn (order flipped every
     round); returns name -> every timed call's seconds. Alternating single calls would time each call right after
     the other side's: torch's OpenMP workers (libgomp) spin on after a parallel region and take a core from the
     XLA call that follows (2026-12-05, AMD EPYC, 2 cores: XLA's 124M matmuls at 0.70-0.93x torch's when
     alternating call by call, 0.86-1.06x in blocks). The untimed call absorbs that; long calls (a training step)
-    barely notice it, so `alternate` times those one at a time."""
+    barely notice it, so `alternate` times those one at a time. lead=False, calls=1 is that call-by-call timing
+    (gemm --gemm_call_by_call shows the difference)."""
     times = {n: [] for n in sides}
     names = list(sides)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
-            sides[name]()
+            if lead:
+                sides[name]()
             for _ in range(calls):
                 t = time.perf_counter()
                 sides[name]()
@@ -503,8 +509,14 @@ def gemm_part(cfg, rows, args, peak, threads):
         ours, ref = statistics.median(times["ours"]), statistics.median(times["torch"])
         per[label] = dict(ours_gflops=2 * m * k * n / ours / 1e9, ref_gflops=2 * m * k * n / ref / 1e9,
                           ratio=ref / ours)
+        also = ""
+        if args.gemm_call_by_call:
+            calls = alternate_blocks(sides, 3 * max(3, args.repeats), calls=1, lead=False)
+            c_ours, c_ref = statistics.median(calls["ours"]), statistics.median(calls["torch"])
+            per[label].update(call_by_call_ours_gflops=2 * m * k * n / c_ours / 1e9, call_by_call_ratio=c_ref / c_ours)
+            also = f"; call by call: ours {per[label]['call_by_call_ours_gflops']:6.1f} GFLOP/s ({c_ref / c_ours:.2f}x)"
         print(f"  {label:16s} ({m}x{k} @ {k}x{n}) x{count}: ours {per[label]['ours_gflops']:6.1f} GFLOP/s, "
-              f"torch {per[label]['ref_gflops']:6.1f} GFLOP/s ({ref / ours:.2f}x)", flush=True)
+              f"torch {per[label]['ref_gflops']:6.1f} GFLOP/s ({ref / ours:.2f}x){also}", flush=True)
         ours_s, ref_s, flops = ours_s + count * ours, ref_s + count * ref, flops + count * 2 * m * k * n
     return dict(part="gemm", shape=f"{cfg.n_layer}L/{cfg.n_head}H/{C} {rows} rows float32, the step's matmuls alone",
                 ours_step_ms=1e3 * ours_s, ref_step_ms=1e3 * ref_s, ref=f"torch_{threads[0]}t", ours_tok_s=rows / ours_s,
@@ -652,15 +664,22 @@ def main(argv=None) -> int:
     import torch
 
     devices = list(jax.devices()[:1])
-    # CPU: best of 30 products, not train's 5: one run's second process measured 145 against the first's 177 GFLOP/s
-    # with 5 (2026-12-05), and its gemm part then read 114% MFU
-    peak = (metrics_lib.measure_cpu_flops(repeats=30) if devices[0].platform == "cpu"
-            else metrics_lib.peak_flops(devices))
+    cpu_peak = devices[0].platform == "cpu"
+
+    def part_peak():
+        """The peak a part's MFU is read against. CPU: measured again before every part, the best of 30 products
+        (train's 5 are enough for a log line): this machine's matmul speed drifts by 15% over minutes (145 and 177
+        GFLOP/s at the starts of the two processes of one run, 2026-12-05), and a part timed minutes after a low
+        reading showed 111-114% MFU. GPU: the datasheet number."""
+        return metrics_lib.measure_cpu_flops(repeats=30) if cpu_peak else metrics_lib.peak_flops(devices)
+
+    peak = part_peak()
     meta = dict(device=devices[0].device_kind, platform=devices[0].platform, cpu_count=os.cpu_count(),
                 machine=platform.processor() or platform.machine(), cpu=metrics_lib.cpu_description(),
                 jax=jax.__version__, torch=torch.__version__,
-                peak_flops=peak, peak_source="measured fp32 matmul (gpt2jax.metrics.measure_cpu_flops)"
-                if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
+                peak_flops=peak,
+                peak_source="measured fp32 matmul (gpt2jax.metrics.measure_cpu_flops), again before every part "
+                "(its row's peak_flops)" if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
                 statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
                 host_malloc=host_malloc, command=command_line(argv))
@@ -672,26 +691,32 @@ def main(argv=None) -> int:
         rows.append(row)
         write_results(out, stem, meta, rows)
 
+    def timed(part_fn, *part_args, **kw):  # a part whose MFU needs a peak: this part's own
+        p = part_peak() if cpu_peak else peak
+        row = part_fn(*part_args, peak=p, **kw)
+        row["peak_flops"] = p
+        done(row)
+
     threads = args.torch_threads
     threads_full = [max(threads)]
     if "char" in parts:
         cfg, b, t = sh["char"]
-        done(step_part("char", cfg, b, t, args.char_steps, args, peak, threads))
+        timed(step_part, "char", cfg, b, t, args.char_steps, args, threads=threads)
         threads_full = [int(rows[-1]["ref"].split("_")[1][:-1])]  # the full run uses the faster thread count
     if "full" in parts:
         done(full_part(args, threads_full))
     if "124m" in parts:
         cfg, b, t = sh["big"]
-        done(step_part("124m", cfg, b, t, args.big_steps, args, peak, [max(threads)]))
+        timed(step_part, "124m", cfg, b, t, args.big_steps, args, threads=[max(threads)])
     if "score" in parts:
-        done(score_part(args, peak, threads))
+        timed(score_part, args, threads=threads)
     if "gemm" in parts:
         cfg, b, t = sh["big"]
-        done(gemm_part(cfg, b * t, args, peak, [max(threads)]))
+        timed(gemm_part, cfg, b * t, args, threads=[max(threads)])
     if "gpu" in parts:
         for cfg, b, t in sh["gpu"]:
-            done(step_part(f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, peak, [1],
-                           gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95)))
+            timed(step_part, f"gpu {param_count(cfg) / 1e6:.0f}M B{b}", cfg, b, t, args.gpu_steps, args, threads=[1],
+                  gpu=True, optim=optim_config(lr=6e-4, min_lr=6e-5, warmup_steps=10, b2=0.95))
     print("\n" + results_text(rows))
     print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
     return 0

@@ -67,3 +67,11 @@ def test_alternate_blocks_times_no_call_right_after_the_other_side():
     times = bench_train.alternate_blocks(sides, rounds=3, calls=2)
     assert {name: len(t) for name, t in times.items()} == {"ours": 6, "torch": 6}
     assert log == ["ours"] * 3 + ["torch"] * 3 + ["torch"] * 3 + ["ours"] * 3 + ["ours"] * 3 + ["torch"] * 3
+
+
+def test_alternate_blocks_without_lead_is_call_by_call():
+    log = []
+    sides = {name: (lambda name=name: log.append(name)) for name in ("ours", "torch")}
+    times = bench_train.alternate_blocks(sides, rounds=4, calls=1, lead=False)
+    assert {name: len(t) for name, t in times.items()} == {"ours": 4, "torch": 4}
+    assert log == ["ours", "torch", "torch", "ours", "ours", "torch", "torch", "ours"]
