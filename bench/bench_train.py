@@ -583,10 +583,27 @@ def sides_table(rows) -> str:
     return "\n".join(["| part | side | median | speed vs gpt2jax |", "|---|---|---|---|", *lines])
 
 
+def products_table(rows) -> str:
+    """The gemm part's products one by one (timed in blocks; with --gemm_call_by_call also call by call, the
+    order that let torch's spinning OpenMP workers slow the XLA call after each of torch's); empty without it."""
+    gemm = next((r for r in rows if r["part"] == "gemm" and r.get("products")), None)
+    if gemm is None:
+        return ""
+    lines = ["| product | ours GFLOP/s | torch GFLOP/s | ours/torch speed, in blocks | ours GFLOP/s, call by call | "
+             "ours/torch speed, call by call |", "|---|---|---|---|---|---|"]
+    for label, p in gemm["products"].items():
+        by_call = (f"{p['call_by_call_ours_gflops']:.1f} | {p['call_by_call_ratio']:.2f}x"
+                   if "call_by_call_ratio" in p else "- | -")
+        lines.append(f"| {label} | {p['ours_gflops']:.1f} | {p['ref_gflops']:.1f} | {p['ratio']:.2f}x | {by_call} |")
+    return "\n".join(lines)
+
+
 def results_text(rows) -> str:
-    """The main table, then every side's median where a part timed more than one of ours or of torch."""
-    sides = sides_table(rows)
-    return table(rows) + (f"\n\nEvery side:\n\n{sides}" if sides else "")
+    """The main table, then every side's median where a part timed more than one of ours or of torch, then the
+    gemm part's products."""
+    sides, products = sides_table(rows), products_table(rows)
+    return (table(rows) + (f"\n\nEvery side:\n\n{sides}" if sides else "")
+            + (f"\n\nThe gemm part's products:\n\n{products}" if products else ""))
 
 
 def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:

@@ -75,3 +75,17 @@ def test_alternate_blocks_without_lead_is_call_by_call():
     times = bench_train.alternate_blocks(sides, rounds=4, calls=1, lead=False)
     assert {name: len(t) for name, t in times.items()} == {"ours": 4, "torch": 4}
     assert log == ["ours", "torch", "torch", "ours", "ours", "torch", "torch", "ours"]
+
+
+def test_products_table_lists_each_gemm_product_with_its_call_by_call_figures_when_timed():
+    """The docs' claim that call-by-call alternation understated XLA rests on these figures, so train.md shows
+    them (before 2026-12-06 only train.json had the per-product numbers)."""
+    both = dict(ours_gflops=150.0, ref_gflops=160.0, ratio=0.9375, call_by_call_ours_gflops=120.0,
+                call_by_call_ratio=0.75)
+    blocks_only = dict(ours_gflops=170.0, ref_gflops=170.0, ratio=1.0)
+    row = dict(part="gemm", products={"c_attn dW": both, "head fwd": blocks_only}, **_table_fields())
+    lines = bench_train.products_table([row]).splitlines()
+    assert lines[2:] == ["| c_attn dW | 150.0 | 160.0 | 0.94x | 120.0 | 0.75x |",
+                         "| head fwd | 170.0 | 170.0 | 1.00x | - | - |"]
+    assert "The gemm part's products:" in bench_train.results_text([row])
+    assert bench_train.products_table([dict(part="char", **_table_fields())]) == ""
