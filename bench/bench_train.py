@@ -163,10 +163,11 @@ def alternate_blocks(sides: dict, rounds: int, calls: int = 3, lead: bool = True
     return times
 
 
-def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list]:
+def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list, dict]:
     """sides: name -> fn() (runs and blocks). One untimed round, then alternates them `repeats` times (order flipped
     every repeat). The untimed round lets the shared heap settle: each side's first run after the other has run
-    can page-fault memory the other side left fragmented. Prints the page faults of every timed run."""
+    can page-fault memory the other side left fragmented. Returns name -> seconds of every timed run, the loads,
+    and name -> page faults of every timed run (also printed)."""
     runs, loads, faults = {n: [] for n in sides}, [], {n: [] for n in sides}
     names = list(sides)
     for fn in sides.values():
@@ -180,7 +181,7 @@ def alternate(sides: dict, repeats: int, label: str) -> tuple[dict, list]:
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         print(f"  {label} run {r + 1}/{repeats} (load {loads[-1]}): "
               + ", ".join(f"{n} {v[-1]:.3f}s ({faults[n][-1]} page faults)" for n, v in runs.items()), flush=True)
-    return runs, loads
+    return runs, loads, faults
 
 
 # ---- the two trainers on random batches --------------------------------------------------------------------
@@ -341,7 +342,7 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
                 torch.cuda.synchronize()
         sides[f"torch_{th}t"] = run_ref
         refs[f"torch_{th}t"] = ref
-    runs, loads = alternate(sides, args.repeats, name)
+    runs, loads, faults = alternate(sides, args.repeats, name)
     if args.profile_dir and not args.profiled.get(name.split()[0]):
         args.profiled[name.split()[0]] = True
         profile_sides(name, ours, variants, refs, args, cuda)
@@ -361,7 +362,7 @@ def step_part(name, cfg, batch, seq_len, n_steps, args, peak, threads, gpu=False
                ours_compile_s=ours.compile_s, ref_first_step_s=first_s[int(best.split("_")[1][:-1])],
                ours_step_memory_gib=ours.memory.total / 2**30 if ours.memory else None,
                ours_peak_gib=(ours_peak or 0) / 2**30, ref_peak_gib=torch_mem[int(best.split("_")[1][:-1])] / 2**30,
-               steps_per_call=ours.k, all_ms=ms, loads=loads)
+               steps_per_call=ours.k, all_ms=ms, loads=loads, run_s=runs, run_faults=faults)
     del ours
     return row
 
@@ -403,7 +404,7 @@ def score_part(args, peak, threads):
 
     sides = {"gpt2jax": lambda: scorer(inputs, targets), **{f"transformers_{th}t": run_hf(th) for th in threads}}
     ref_nll = run_hf(threads[-1])()[0]
-    runs, loads = alternate(sides, args.repeats, "score")
+    runs, loads, faults = alternate(sides, args.repeats, "score")
     ms = {n: median_ms(v, 1) for n, v in runs.items()}
     best = min((n for n in ms if n != "gpt2jax"), key=ms.get)
     fwd = flops_per_token(cfg, T) / 3
@@ -412,7 +413,7 @@ def score_part(args, peak, threads):
                 ref_tok_s=T / ms[best] * 1e3, ratio=ms[best] / ms["gpt2jax"],
                 ours_mfu=fwd * T / ms["gpt2jax"] * 1e3 / peak, ref_mfu=fwd * T / ms[best] * 1e3 / peak,
                 ours_compile_s=compile_s, max_abs_nll_diff=float(np.abs(ours_out["nll"] - ref_nll).max()),
-                all_ms=ms, loads=loads)
+                all_ms=ms, loads=loads, run_s=runs, run_faults=faults)
 
 
 def full_part(args, threads):
@@ -598,11 +599,28 @@ def products_table(rows) -> str:
     return "\n".join(lines)
 
 
+def runs_table(rows) -> str:
+    """Every timed run of the step and scoring parts in order, with the page faults it took: on a CPU one side's
+    run can fault in fresh heap when the other side's allocations fragmented the process's shared heap (a 124M run
+    of ours that grew the heap by ~2 GB took 3-5 s longer), which moves a median of five. Empty when no part
+    recorded runs."""
+    lines = []
+    for r in rows:
+        for name, secs in r.get("run_s", {}).items():
+            faults = r.get("run_faults", {}).get(name, [None] * len(secs))
+            runs = ", ".join(f"{s:.3f}" + (f" ({f})" if f else "") for s, f in zip(secs, faults))
+            lines.append(f"| {r['part']} | {name} | {runs} |")
+    if not lines:
+        return ""
+    return "\n".join(["| part | side | seconds of each timed run (page faults, where any) |", "|---|---|---|", *lines])
+
+
 def results_text(rows) -> str:
-    """The main table, then every side's median where a part timed more than one of ours or of torch, then the
-    gemm part's products."""
-    sides, products = sides_table(rows), products_table(rows)
+    """The main table, then every side's median where a part timed more than one of ours or of torch, every timed
+    run with its page faults, then the gemm part's products."""
+    sides, runs, products = sides_table(rows), runs_table(rows), products_table(rows)
     return (table(rows) + (f"\n\nEvery side:\n\n{sides}" if sides else "")
+            + (f"\n\nEvery timed run:\n\n{runs}" if runs else "")
             + (f"\n\nThe gemm part's products:\n\n{products}" if products else ""))
 
 

@@ -89,3 +89,13 @@ def test_products_table_lists_each_gemm_product_with_its_call_by_call_figures_wh
                          "| head fwd | 170.0 | 170.0 | 1.00x | - | - |"]
     assert "The gemm part's products:" in bench_train.results_text([row])
     assert bench_train.products_table([dict(part="char", **_table_fields())]) == ""
+
+
+def test_runs_table_lists_every_timed_run_with_its_page_faults():
+    """A median of five moves when one run faults in fresh heap; the results file shows which runs did."""
+    row = dict(part="124m", run_s={"gpt2jax": [6.395, 10.874], "torch_2t": [5.496, 5.437]},
+               run_faults={"gpt2jax": [100611, 537810], "torch_2t": [0, 0]}, **_table_fields())
+    lines = bench_train.runs_table([row]).splitlines()
+    assert lines[2:] == ["| 124m | gpt2jax | 6.395 (100611), 10.874 (537810) |", "| 124m | torch_2t | 5.496, 5.437 |"]
+    assert "Every timed run:" in bench_train.results_text([row])
+    assert bench_train.runs_table([dict(part="gemm", **_table_fields())]) == ""
