@@ -568,6 +568,13 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def md_table(headers: list[str], body: list[str]) -> str:
+    """A markdown table of the given header cells and body lines; empty when there is no body line."""
+    if not body:
+        return ""
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *body])
+
+
 def sides_table(rows) -> str:
     """Every timed side of each part (gpt2jax, its --ours_variants, each torch thread count), median per step,
     and its speed relative to gpt2jax's default; empty when no part timed a side beyond the main table's two."""
@@ -579,24 +586,20 @@ def sides_table(rows) -> str:
         unit = "ms/call" if r["part"] == "score" else "ms/step"
         for name, ms in sides.items():
             lines.append(f"| {r['part']} | {name} | {ms:.1f} {unit} | {sides['gpt2jax'] / ms:.3f}x |")
-    if not lines:
-        return ""
-    return "\n".join(["| part | side | median | speed vs gpt2jax |", "|---|---|---|---|", *lines])
+    return md_table(["part", "side", "median", "speed vs gpt2jax"], lines)
 
 
 def products_table(rows) -> str:
     """The gemm part's products one by one (timed in blocks; with --gemm_call_by_call also call by call, the
     order that let torch's spinning OpenMP workers slow the XLA call after each of torch's); empty without it."""
-    gemm = next((r for r in rows if r["part"] == "gemm" and r.get("products")), None)
-    if gemm is None:
-        return ""
-    lines = ["| product | ours GFLOP/s | torch GFLOP/s | ours/torch speed, in blocks | ours GFLOP/s, call by call | "
-             "ours/torch speed, call by call |", "|---|---|---|---|---|---|"]
-    for label, p in gemm["products"].items():
+    gemm = next((r for r in rows if r["part"] == "gemm" and r.get("products")), {})
+    lines = []
+    for label, p in gemm.get("products", {}).items():
         by_call = (f"{p['call_by_call_ours_gflops']:.1f} | {p['call_by_call_ratio']:.2f}x"
                    if "call_by_call_ratio" in p else "- | -")
         lines.append(f"| {label} | {p['ours_gflops']:.1f} | {p['ref_gflops']:.1f} | {p['ratio']:.2f}x | {by_call} |")
-    return "\n".join(lines)
+    return md_table(["product", "ours GFLOP/s", "torch GFLOP/s", "ours/torch speed, in blocks",
+                     "ours GFLOP/s, call by call", "ours/torch speed, call by call"], lines)
 
 
 def runs_table(rows) -> str:
@@ -607,21 +610,17 @@ def runs_table(rows) -> str:
     lines = []
     for r in rows:
         for name, secs in r.get("run_s", {}).items():
-            faults = r.get("run_faults", {}).get(name, [None] * len(secs))
-            runs = ", ".join(f"{s:.3f}" + (f" ({f})" if f else "") for s, f in zip(secs, faults))
+            runs = ", ".join(f"{s:.3f}" + (f" ({f})" if f else "") for s, f in zip(secs, r["run_faults"][name]))
             lines.append(f"| {r['part']} | {name} | {runs} |")
-    if not lines:
-        return ""
-    return "\n".join(["| part | side | seconds of each timed run (page faults, where any) |", "|---|---|---|", *lines])
+    return md_table(["part", "side", "seconds of each timed run (page faults, where any)"], lines)
 
 
 def results_text(rows) -> str:
     """The main table, then every side's median where a part timed more than one of ours or of torch, every timed
     run with its page faults, then the gemm part's products."""
-    sides, runs, products = sides_table(rows), runs_table(rows), products_table(rows)
-    return (table(rows) + (f"\n\nEvery side:\n\n{sides}" if sides else "")
-            + (f"\n\nEvery timed run:\n\n{runs}" if runs else "")
-            + (f"\n\nThe gemm part's products:\n\n{products}" if products else ""))
+    sections = (("Every side", sides_table(rows)), ("Every timed run", runs_table(rows)),
+                ("The gemm part's products", products_table(rows)))
+    return table(rows) + "".join(f"\n\n{title}:\n\n{text}" for title, text in sections if text)
 
 
 def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
