@@ -10,6 +10,8 @@ of the devices (dense bf16 datasheet numbers for accelerators; on CPU the peak i
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import math
 import os
@@ -110,6 +112,58 @@ class NonfiniteTally:
             f"those updates were not applied and nothing after step {self.first - 1} was saved; {kept}. Lower "
             f"optim.lr (now {lr:g}) or check the data, or pass --config.train.skip_nonfinite=True to skip such "
             "batches and continue")
+
+
+XLA_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
+_xla_compile_s = [0.0, False]  # seconds of XLA compilation in this process since the listener started; started
+
+
+def xla_compile_seconds() -> float:
+    """Seconds XLA has spent compiling in this process since the first call (JAX's monitoring events)."""
+    if not _xla_compile_s[1]:
+        def listen(event: str, seconds: float, **_) -> None:
+            if event == XLA_COMPILE_EVENT:
+                _xla_compile_s[0] += seconds
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        _xla_compile_s[1] = True
+    return _xla_compile_s[0]
+
+
+class RunClock:
+    """Where a run's wall time went, summary.json's `time_s`: the start-up before the first step, the loop's
+    phases (evals, samples and checkpoint saves as the loop waits for them: an asynchronous save's background
+    write overlaps the steps; steps = the loop less those), the final evaluation with its sample, and how much of
+    all that was XLA compiling (every program: train step, eval, initial state, decoding, scorer)."""
+
+    PHASES = ("startup", "steps", "evals", "samples", "checkpoints", "final")
+
+    def __init__(self):
+        self.t0, self.compile0 = time.time(), xla_compile_seconds()
+        self.seconds = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.time() - t
+
+    def summary(self, loop_s: float) -> dict:
+        """{phase: seconds} over the wall time so far, given the loop's seconds (which holds evals, samples and
+        checkpoints); plus wall and xla_compile."""
+        s = dict(self.seconds)
+        s["steps"] = loop_s - sum(s.get(k, 0.0) for k in ("evals", "samples", "checkpoints"))
+        out = {k: round(s.get(k, 0.0), 3) for k in self.PHASES}
+        out.update(wall=round(time.time() - self.t0, 3), xla_compile=round(xla_compile_seconds() - self.compile0, 3))
+        return out
+
+    @staticmethod
+    def line(time_s: dict) -> str:
+        """One printed line: 'time: 142.2 s = start-up 7.6, steps 99.0, ... (XLA compiling 8.8 of them)'."""
+        parts = ", ".join(f"{k.replace('startup', 'start-up')} {time_s[k]:.1f}" for k in RunClock.PHASES if time_s[k])
+        return f"time: {time_s['wall']:.1f} s = {parts} (XLA compiling {time_s['xla_compile']:.1f} of them)"
 
 
 def summary_writer_class():

@@ -271,6 +271,7 @@ class Run:
     step: int = 0
     last: dict = dataclasses.field(default_factory=lambda: dict(loss=None, val_loss=None))
     nonfinite: metrics_lib.NonfiniteTally = dataclasses.field(default_factory=metrics_lib.NonfiniteTally)
+    clock: metrics_lib.RunClock = dataclasses.field(default_factory=metrics_lib.RunClock)  # summary's time_s
 
     def evaluate(self, step: int) -> float:
         """Mean loss over the fixed val batches (one call), logged as an eval record."""
@@ -389,8 +390,10 @@ def train(config, devices=None) -> dict:
 
 
 def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
-    t0 = time.time()
-    run = start_run(config, devices, stop, stack)
+    t0, clock = time.time(), metrics_lib.RunClock()
+    with clock.phase("startup"):
+        run = start_run(config, devices, stop, stack)
+    run.clock = clock
     spec = run.spec
     run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
             f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
@@ -398,7 +401,8 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     loop_s = train_loop(run, stop, stack, t0)
     final = None
     if run.step == spec.train.max_steps and spec.train.final_eval:
-        final = final_eval_and_sample(run)
+        with clock.phase("final"):
+            final = final_eval_and_sample(run)
     run.logger.close()
     return write_summary(run, stop, final, loop_s, t0)
 
@@ -417,7 +421,8 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
     try:
         if t.eval_at_start and run.start == 0:
             watchdog.beat("eval at step 0")
-            run.evaluate(0)
+            with run.clock.phase("evals"):
+                run.evaluate(0)
         stopping = False
         while run.step < spec.end and not stopping:
             watchdog.beat(f"train step {run.step + 1}")
@@ -427,9 +432,11 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
             val_loss = eval_and_sample(run, watchdog) if at_eval else None
             if run.step % t.checkpoint_every == 0 or run.step == spec.end or stopping:
                 watchdog.beat(f"checkpoint save at step {run.step}")
-                run.save(run.step, val_loss)
+                with run.clock.phase("checkpoints"):
+                    run.save(run.step, val_loss)
         watchdog.beat(f"checkpoint wait at step {run.step}")
-        run.ckpts.wait()
+        with run.clock.phase("checkpoints"):
+            run.ckpts.wait()
     finally:
         close_loop(run, log, bar, watchdog)
         stop.in_loop = False
@@ -460,10 +467,13 @@ def eval_and_sample(run: Run, watchdog) -> float:
     """A periodic evaluation on the fixed val batches, printed with a sample (unless the final eval follows,
     which prints its own)."""
     watchdog.beat(f"eval at step {run.step}")
-    val_loss = run.evaluate(run.step)
+    with run.clock.phase("evals"):
+        val_loss = run.evaluate(run.step)
     run.say(f"step {run.step}: val loss {val_loss:.4f}, ppl {metrics_lib.perplexity(val_loss):.2f}")
     final_follows = run.step == run.spec.train.max_steps and run.spec.train.final_eval
-    if not final_follows and (text := run.sample(run.step)) is not None:
+    with run.clock.phase("samples"):
+        text = None if final_follows else run.sample(run.step)
+    if text is not None:
         run.say("  sample: " + text.replace("\n", "\n  | "))
     return val_loss
 
@@ -511,6 +521,8 @@ def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float
                    val_loss=run.last["val_loss"], final=final, compile_s=run.compile_s)
     summary.update(compute_summary(spec.model, spec.seq_len, spec.tokens_per_step, step, step - run.start, loop_s,
                                    time.time() - t0, run.peak))
+    summary["time_s"] = run.clock.summary(loop_s)
+    run.say(metrics_lib.RunClock.line(summary["time_s"]))
     if run.lead:
         if spec.train.plot:
             metrics_lib.plot_losses(spec.run_dir)

@@ -108,6 +108,10 @@ def test_run_directory_contents(one_device_run):
     assert read_tensorboard_scalars(run_dir)["train/loss", STEPS] == pytest.approx(train_recs[-1]["loss"])
     assert (run_dir / "loss.png").stat().st_size > 1000
     assert json.loads((run_dir / "summary.json").read_text())["final"] == summary["final"]
+    time_s = summary["time_s"]  # where the wall time went: the phases add up to it, compiling is inside them
+    assert sum(time_s[k] for k in metrics_lib.RunClock.PHASES) == pytest.approx(time_s["wall"], abs=0.5)
+    assert min(time_s.values()) >= 0 and min(time_s["startup"], time_s["steps"], time_s["evals"], time_s["final"]) > 0
+    assert 0 < time_s["xla_compile"] < time_s["wall"]
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [100, 150]  # keep 2 (best = last)
 
     # the latest checkpoint, as eval and sampling load it, scores like training measured
