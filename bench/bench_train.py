@@ -454,13 +454,13 @@ def full_part(args, threads):
                 if side == "ref":
                     res = full_reference_run(config_for(f"ref{r}"), data, Path(tmp) / f"ref_run{r}")
                     results[side].append(dict(wall_s=res["wall_s"], val_loss=res["val_loss"],
-                                              final_val_loss=res["final_val_loss"]))
+                                              final_val_loss=res["final_val_loss"], time_s=res["time_s"]))
                 else:
                     t = time.perf_counter()
                     res = train(config_for(f"ours{r}"), devices=jax.devices()[:1])
                     results[side].append(dict(wall_s=time.perf_counter() - t, val_loss=res["val_loss"],
                                               final_val_loss=(res["final"] or {}).get("val_loss"),
-                                              compile_s=res["compile_s"]))
+                                              compile_s=res["compile_s"], time_s=res["time_s"]))
                 last = results[side][-1]
                 print(f"  {'reference' if side == 'ref' else 'gpt2jax'} run {r + 1}/{args.full_repeats}: "
                       f"{last['wall_s']:.1f}s, val loss {last['val_loss']:.4f} (load {loads[-1]})", flush=True)
@@ -472,7 +472,9 @@ def full_part(args, threads):
                 ours_val_loss=ours["val_loss"], ref_val_loss=ref["val_loss"],
                 ours_final_val_loss=ours["final_val_loss"], ref_final_val_loss=ref["final_val_loss"],
                 ours_compile_s=ours["compile_s"], ref=f"torch_{th}t", loads=loads,
-                all_wall_s={side: [x["wall_s"] for x in runs] for side, runs in results.items()})
+                all_wall_s={side: [x["wall_s"] for x in runs] for side, runs in results.items()},
+                time_s={side: {k: float(np.median([x["time_s"].get(k, 0.0) for x in runs])) for k in PHASES}
+                        for side, runs in results.items()})
 
 
 def gemm_part(cfg, rows, args, peak, threads):
@@ -602,6 +604,22 @@ def products_table(rows) -> str:
                      "ours GFLOP/s, call by call", "ours/torch speed, call by call"], lines)
 
 
+PHASES = ("startup", "steps", "evals", "samples", "checkpoints", "final", "wall", "xla_compile")  # metrics.RunClock
+
+
+def phases_table(rows) -> str:
+    """Where the full part's wall time went, each side's median per phase (gpt2jax's summary.json time_s, the
+    reference's own clock over the same phases); XLA's compile time lies inside ours' phases. Empty without it."""
+    full = next((r for r in rows if r["part"] == "full" and r.get("time_s")), {})
+    if not full:
+        return ""
+    ours, ref = full["time_s"]["ours"], full["time_s"]["ref"]
+    names = dict(startup="start-up", steps="steps", evals="evals", samples="samples", checkpoints="checkpoint saves",
+                 final="final eval and sample", wall="wall", xla_compile="of which XLA compiling (ours)")
+    lines = [f"| {names[k]} | {ours[k]:.1f} | {ref[k]:.1f} | {ours[k] - ref[k]:+.1f} |" for k in PHASES]
+    return md_table(["phase of the full run", "gpt2jax s", "reference s", "difference s"], lines)
+
+
 def runs_table(rows) -> str:
     """Every timed run of the step and scoring parts in order, with the page faults it took: on a CPU one side's
     run can fault in fresh heap when the other side's allocations fragmented the process's shared heap (a 124M run
@@ -617,9 +635,10 @@ def runs_table(rows) -> str:
 
 def results_text(rows) -> str:
     """The main table, then every side's median where a part timed more than one of ours or of torch, every timed
-    run with its page faults, then the gemm part's products."""
+    run with its page faults, the gemm part's products, and the full run's phases."""
     sections = (("Every side", sides_table(rows)), ("Every timed run", runs_table(rows)),
-                ("The gemm part's products", products_table(rows)))
+                ("The gemm part's products", products_table(rows)),
+                ("Where the full run's time went (median of each side's runs)", phases_table(rows)))
     return table(rows) + "".join(f"\n\n{title}:\n\n{text}" for title, text in sections if text)
 
 

@@ -187,7 +187,10 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     """A gpt2jax training config (e.g. configs/shakespeare_char.py) run with nanoGPT's loop: random batches
     (get_batch), loss read every log_every steps, an eval of eval_batches val batches + a 100-token sample + a
     checkpoint (torch.save) every eval_every steps, then the whole val split scored with the same sliding windows as
-    gpt2jax's final eval and a last sample. Returns wall time and losses."""
+    gpt2jax's final eval and a last sample. Returns wall time, losses, and time_s: seconds per phase, with the
+    keys of gpt2jax's summary.json time_s (gpt2jax.metrics.RunClock; steps include drawing their batches)."""
+    import collections
+    import contextlib
     import time
     from pathlib import Path
 
@@ -195,6 +198,14 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     from gpt2jax.eval.windows import sliding_window_nll
 
     t0 = time.time()
+    seconds = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def phase(name):
+        start = time.time()
+        yield
+        seconds[name] += time.time() - start
+
     t, T = config.train, config.data.seq_len
     train_tokens = np.asarray(open_split(data_dir, "train").tokens(), np.int64)
     val_split = open_split(data_dir, "val")
@@ -215,17 +226,23 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt = torch.zeros((1, 1), dtype=torch.long)
     val_loss = loss = None
+    seconds["startup"] = time.time() - t0
     for step in range(1, t.max_steps + 1):
-        loss = trainer.step(get_batch(train_tokens, t.batch_size)[None])
-        if step % t.log_every == 0:
-            loss = float(loss)  # nanoGPT's loss.item() at log_interval
+        with phase("steps"):
+            loss = trainer.step(get_batch(train_tokens, t.batch_size)[None])
+            if step % t.log_every == 0:
+                loss = float(loss)  # nanoGPT's loss.item() at log_interval
         if step % t.eval_every == 0 or step == t.max_steps:
-            val_loss = trainer.eval_loss(val_batches)
+            with phase("evals"):
+                val_loss = trainer.eval_loss(val_batches)
             if t.sample_tokens and not (step == t.max_steps and t.final_eval):
-                trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
-            torch.save(dict(model=model.state_dict(), optimizer=trainer.opt.state_dict(), step=step),
-                       out_dir / "ckpt.pt")
+                with phase("samples"):
+                    trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
+            with phase("checkpoints"):
+                torch.save(dict(model=model.state_dict(), optimizer=trainer.opt.state_dict(), step=step),
+                           out_dir / "ckpt.pt")
     final = None
+    final_t0 = time.time()
     if t.final_eval:
         def nll_fn(inputs, targets):
             with torch.no_grad():
@@ -236,4 +253,7 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
         final = float(sliding_window_nll(nll_fn, val_tokens, T, t.final_eval_stride or max(1, T // 2), eval_bs).mean())
         if t.sample_tokens:
             trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
-    return dict(wall_s=time.time() - t0, loss=float(loss), val_loss=val_loss, final_val_loss=final)
+    seconds["final"] = time.time() - final_t0
+    wall = time.time() - t0
+    return dict(wall_s=wall, loss=float(loss), val_loss=val_loss, final_val_loss=final,
+                time_s=dict(seconds, wall=wall, xla_compile=0.0))

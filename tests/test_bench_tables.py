@@ -99,3 +99,17 @@ def test_runs_table_lists_every_timed_run_with_its_page_faults():
     assert lines[2:] == ["| 124m | gpt2jax | 6.395 (100611), 10.874 (537810) |", "| 124m | torch_2t | 5.496, 5.437 |"]
     assert "Every timed run:" in bench_train.results_text([row])
     assert bench_train.runs_table([dict(part="gemm", **_table_fields())]) == ""
+
+
+def test_phases_table_splits_the_full_run_for_both_sides():
+    phases = lambda **kw: {k: kw.get(k, 0.0) for k in bench_train.PHASES}  # noqa: E731
+    full = dict(part="full", time_s=dict(ours=phases(startup=7.6, steps=97.8, evals=23.0, final=8.6, wall=138.6,
+                                                     xla_compile=8.8),
+                                         ref=phases(startup=1.0, steps=86.1, evals=19.0, final=3.5, wall=115.1)))
+    lines = bench_train.phases_table([dict(part="char"), full]).splitlines()
+    assert lines[0] == "| phase of the full run | gpt2jax s | reference s | difference s |"
+    assert "| steps | 97.8 | 86.1 | +11.7 |" in lines
+    assert "| wall | 138.6 | 115.1 | +23.5 |" in lines
+    assert "| of which XLA compiling (ours) | 8.8 | 0.0 | +8.8 |" in lines
+    assert len(lines) == 2 + len(bench_train.PHASES)
+    assert bench_train.phases_table([dict(part="full")]) == ""  # a results file from before the phases were kept
