@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import compile_cache
 from gpt2jax import metrics as metrics_lib
 from gpt2jax.compute import compute_summary
 from gpt2jax.data.loader import Loader
@@ -28,8 +29,7 @@ from gpt2jax.optim import make_optimizer
 from gpt2jax.sharding import activation_context, param_shardings
 from gpt2jax.spec import resolve
 from gpt2jax.state import initial_state, train_items
-from gpt2jax.train import (final_eval, make_batch_loss, make_train_step, open_data, use_compilation_cache,
-                           write_run_files)
+from gpt2jax.train import final_eval, make_batch_loss, make_train_step, open_data, write_run_files
 from gpt2jax.train_config import check_train_config, mesh_and_rules
 
 # Config fields that may differ between the replicas of one program (everything else must be equal).
@@ -58,7 +58,7 @@ def train_replicas(configs, devices=None) -> list[dict]:
     specs = [resolve(c, tokenizer) for c in configs]
     spec = specs[0]
     t, seq_len, cfg = spec.train, spec.seq_len, spec.model
-    use_compilation_cache(t)
+    compile_cache.use(t.compilation_cache_dir)
     cfg.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
     mesh, rules = mesh_and_rules(spec.config, (devices or jax.devices())[:1])
     tx, schedule = make_optimizer(spec.optim, cfg)

@@ -43,6 +43,7 @@ import optax
 from tqdm import tqdm
 
 from gpt2jax import checkpoint as ckpt_lib
+from gpt2jax import compile_cache
 from gpt2jax import hostmem
 from gpt2jax import init_from as init_lib
 from gpt2jax import metrics as metrics_lib
@@ -344,7 +345,9 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.hostmem), before JAX
     # starts its CPU client
     hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4)
-    use_compilation_cache(t)
+    lead = jax.process_index() == 0
+    say = tqdm.write if lead else (lambda *_: None)
+    compile_cache.use(t.compilation_cache_dir, say)
     spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
     mesh, rules = mesh_and_rules(spec.config, devices)
     tx, schedule = make_optimizer(spec.optim, spec.model)
@@ -352,8 +355,6 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     val_loader = Loader(val_split, seq_len, t.eval_batch_size, 1, spec.config.seed)
     stop.check_startup()
 
-    lead = jax.process_index() == 0
-    say = tqdm.write if lead else (lambda *_: None)
     ckpts = open_run_dir(spec, tokenizer, stack, say)
     init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
     if spec.config.init_from and not ckpts.steps():
@@ -490,14 +491,6 @@ def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
         run.ckpts.close()
     except SaveError as e:  # only reached while another error propagates: report both
         run.say(f"error: {e}")
-
-
-def use_compilation_cache(t) -> None:
-    """train.compilation_cache_dir: JAX's persistent cache, so a resumed run (or another seed) skips XLA compilation.
-    JAX opens the cache at the process's first compile and keeps that directory: a later run in the same process
-    with another directory still uses the first."""
-    if t.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(Path(t.compilation_cache_dir).expanduser()))
 
 
 def final_eval_and_sample(run: Run) -> dict:
