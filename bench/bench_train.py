@@ -604,7 +604,7 @@ def products_table(rows) -> str:
                      "ours GFLOP/s, call by call", "ours/torch speed, call by call"], lines)
 
 
-PHASES = ("startup", "steps", "evals", "samples", "checkpoints", "final", "wall", "xla_compile")  # metrics.RunClock
+PHASES = (*metrics_lib.RunClock.PHASES, "wall", "xla_compile")  # summary.json's time_s
 
 
 def phases_table(rows) -> str:

@@ -187,25 +187,16 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     """A gpt2jax training config (e.g. configs/shakespeare_char.py) run with nanoGPT's loop: random batches
     (get_batch), loss read every log_every steps, an eval of eval_batches val batches + a 100-token sample + a
     checkpoint (torch.save) every eval_every steps, then the whole val split scored with the same sliding windows as
-    gpt2jax's final eval and a last sample. Returns wall time, losses, and time_s: seconds per phase, with the
-    keys of gpt2jax's summary.json time_s (gpt2jax.metrics.RunClock; steps include drawing their batches)."""
-    import collections
-    import contextlib
+    gpt2jax's final eval and a last sample. Returns wall time, losses, and time_s: seconds per phase, clocked
+    as gpt2jax.train clocks its own (gpt2jax.metrics.RunClock, summary.json's time_s)."""
     import time
     from pathlib import Path
 
     from gpt2jax.data.shards import open_split
     from gpt2jax.eval.windows import sliding_window_nll
+    from gpt2jax.metrics import RunClock
 
-    t0 = time.time()
-    seconds = collections.defaultdict(float)
-
-    @contextlib.contextmanager
-    def phase(name):
-        start = time.time()
-        yield
-        seconds[name] += time.time() - start
-
+    clock = RunClock()
     t, T = config.train, config.data.seq_len
     train_tokens = np.asarray(open_split(data_dir, "train").tokens(), np.int64)
     val_split = open_split(data_dir, "val")
@@ -226,34 +217,34 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt = torch.zeros((1, 1), dtype=torch.long)
     val_loss = loss = None
-    seconds["startup"] = time.time() - t0
+    clock.seconds["startup"] = time.time() - clock.t0
+    loop_t0 = time.time()
     for step in range(1, t.max_steps + 1):
-        with phase("steps"):
-            loss = trainer.step(get_batch(train_tokens, t.batch_size)[None])
-            if step % t.log_every == 0:
-                loss = float(loss)  # nanoGPT's loss.item() at log_interval
+        loss = trainer.step(get_batch(train_tokens, t.batch_size)[None])
+        if step % t.log_every == 0:
+            loss = float(loss)  # nanoGPT's loss.item() at log_interval
         if step % t.eval_every == 0 or step == t.max_steps:
-            with phase("evals"):
+            with clock.phase("evals"):
                 val_loss = trainer.eval_loss(val_batches)
             if t.sample_tokens and not (step == t.max_steps and t.final_eval):
-                with phase("samples"):
+                with clock.phase("samples"):
                     trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
-            with phase("checkpoints"):
+            with clock.phase("checkpoints"):
                 torch.save(dict(model=model.state_dict(), optimizer=trainer.opt.state_dict(), step=step),
                            out_dir / "ckpt.pt")
+    loop_s = time.time() - loop_t0
     final = None
-    final_t0 = time.time()
-    if t.final_eval:
-        def nll_fn(inputs, targets):
-            with torch.no_grad():
-                logits = model(torch.from_numpy(inputs.astype(np.int64)))
-                return F.cross_entropy(logits.transpose(1, 2), torch.from_numpy(targets.astype(np.int64)),
-                                       reduction="none").numpy()
-        model.eval()
-        final = float(sliding_window_nll(nll_fn, val_tokens, T, t.final_eval_stride or max(1, T // 2), eval_bs).mean())
-        if t.sample_tokens:
-            trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
-    seconds["final"] = time.time() - final_t0
-    wall = time.time() - t0
-    return dict(wall_s=wall, loss=float(loss), val_loss=val_loss, final_val_loss=final,
-                time_s=dict(seconds, wall=wall, xla_compile=0.0))
+    with clock.phase("final"):
+        if t.final_eval:
+            def nll_fn(inputs, targets):
+                with torch.no_grad():
+                    logits = model(torch.from_numpy(inputs.astype(np.int64)))
+                    return F.cross_entropy(logits.transpose(1, 2), torch.from_numpy(targets.astype(np.int64)),
+                                           reduction="none").numpy()
+            model.eval()
+            stride = t.final_eval_stride or max(1, T // 2)
+            final = float(sliding_window_nll(nll_fn, val_tokens, T, stride, eval_bs).mean())
+            if t.sample_tokens:
+                trainer.sample(prompt, t.sample_tokens, t.sample_temperature, t.sample_top_k)
+    time_s = clock.summary(loop_s)
+    return dict(wall_s=time_s["wall"], loss=float(loss), val_loss=val_loss, final_val_loss=final, time_s=time_s)

@@ -391,7 +391,8 @@ def train(config, devices=None) -> dict:
 
 
 def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
-    t0, clock = time.time(), metrics_lib.RunClock()
+    clock = metrics_lib.RunClock()
+    t0 = clock.t0
     with clock.phase("startup"):
         run = start_run(config, devices, stop, stack)
     run.clock = clock
