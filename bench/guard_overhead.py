@@ -16,12 +16,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from gpt2jax import train as current
+from gpt2jax.training import loop as current
 from gpt2jax.config import GPTConfig
-from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import param_shardings
-from gpt2jax.state import initial_state
-from gpt2jax.train_config import base_config, mesh_and_rules
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import param_shardings
+from gpt2jax.training.state import initial_state
+from gpt2jax.training.schema import base_config, mesh_and_rules
 
 SHAPES = {"tiny": (dict(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=65), 8, 32),
           "small": (dict(n_layer=4, n_head=4, n_embd=128, n_positions=64, vocab_size=65), 12, 64),

@@ -37,6 +37,8 @@ main(["train", "--config", "configs/shakespeare_char.py", "--config.run_root={ro
 
 def normalise(text: str) -> str:
     text = re.sub(r", metadata=\{[^}]*\}", "", text)
+    # the source-location tables (file and function names of the Python that traced each op)
+    text = re.sub(r"^(FileNames|FunctionNames|FileLocations|StackFrames)\n(.+\n)*\n", "", text, flags=re.M)
     text = re.sub(r"^HloModule \S+", "HloModule m", text, flags=re.M)
     text = re.sub(r"frontend_attributes=\{[^}]*\}", "", text)
     return text

@@ -10,7 +10,7 @@ the output layer alone is ~6.4M of a small model's parameters and dominates its 
 token here); the BPE variant is `--config configs/default.py:bpe` (data: `--out data/prepared/shakespeare`, no
 `--tokenizer`), which needs ~20-30 minutes on a 2-core CPU to produce recognisable words.
 """
-from gpt2jax.train_config import base_config
+from gpt2jax.training.schema import base_config
 
 
 def get_config(variant: str = "char"):

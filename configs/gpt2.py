@@ -10,7 +10,7 @@ warmup 2000, AdamW betas (0.9, 0.95), weight decay 0.1, clip 1.0, bf16 compute.
 The batch splits over the data-parallel devices (data x fsdp), so batch_size must stay a multiple of their count.
 """
 from gpt2jax.config import GPT2_PRESETS
-from gpt2jax.train_config import base_config
+from gpt2jax.training.schema import base_config
 
 
 def get_config(preset: str = "gpt2"):

@@ -10,7 +10,7 @@ which reaches val loss ~1.88. The remaining settings come from config/train_shak
     python -m gpt2jax.data.prepare --input data/tinyshakespeare.txt --out data/prepared/shakespeare_char --tokenizer char
     python -m gpt2jax.train --config configs/shakespeare_char.py
 """
-from gpt2jax.train_config import base_config
+from gpt2jax.training.schema import base_config
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """A model small enough for unit tests (seconds per run on a 2-core CPU). Tests set data.dir and run_root."""
-from gpt2jax.train_config import base_config
+from gpt2jax.training.schema import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ parametric L(N, D) (see gpt2jax/scaling.py); plots in runs/chinchilla_cpu/scalin
 
 At GPU sizes: experiments/chinchilla_gpu.py.
 """
-from gpt2jax.compute import isoflop_grid
+from gpt2jax.training.compute import isoflop_grid
 from gpt2jax.sweep import Experiment
 
 SEQ_LEN, BATCH = 64, 16

@@ -7,7 +7,7 @@ non-embedding parameters (64-wide heads, GPT-2's aspect ratios), T=1024, 0.5M to
 
 The largest budget, 1e19 FLOPs per run, is ~7 GPU-hours per run on one H100 at 40% of its bf16 peak.
 """
-from gpt2jax.compute import isoflop_grid
+from gpt2jax.training.compute import isoflop_grid
 from gpt2jax.sweep import Experiment
 
 SEQ_LEN, BATCH, ACCUM = 1024, 32, 16  # 32 x 16 x 1024 = 524,288 tokens per step

@@ -49,7 +49,7 @@ class GPTConfig:
     attention: str = "auto"
     remat: str = "none"  # rematerialisation policy for each block, see REMAT_POLICIES
     # auto: manual on the CPU, autodiff elsewhere (model.layer_norm_impl) | autodiff (flax's nn.LayerNorm) |
-    # manual (gpt2jax.layernorm: the same math with a hand-written backward pass)
+    # manual (gpt2jax.model.layernorm: the same math with a hand-written backward pass)
     layer_norm: str = "auto"
     # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code, 1 = rolled; 0 = auto
     # (model.layer_unroll: fully unrolled up to 24 layers)

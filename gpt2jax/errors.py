@@ -3,7 +3,7 @@
 Every command-line entry point runs its `main(argv)` through `run_cli`: a known error prints one line to stderr and
 exits 2 (bad input) or 1 (a run that stopped and says why); anything else is a bug and keeps its traceback.
 More error types live beside the code that raises them (ConfigError in `gpt2jax.config`, TokenizerError in
-`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generate`, RunDirError in `gpt2jax.checkpoint`).
+`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generation.generate`, RunDirError in `gpt2jax.weights.checkpoint`).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class StartupInterrupted(Exception):
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types whose message is the whole story (imported lazily: this module is imported first)."""
     from gpt2jax.config import ConfigError
-    from gpt2jax.generate import GenerationError
+    from gpt2jax.generation.generate import GenerationError
     from gpt2jax.tokenizer import TokenizerError
 
     return (UsageError, ConfigError, DataError, GenerationError, CheckpointError, TokenizerError)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpt2jax.generate import GenerationError, Sampling, generate_text_ids, prepare_prompts, prompt_ids
+from gpt2jax.generation.generate import GenerationError, Sampling, generate_text_ids, prepare_prompts, prompt_ids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from gpt2jax.load import load_model
+    from gpt2jax.weights.load import load_model
 
     t0 = time.perf_counter()
     cfg, params, tokenizer = load_model(args.init_from, **({"dtype": args.dtype} if args.dtype else {}))

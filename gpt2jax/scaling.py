@@ -2,7 +2,7 @@
 
     python -m gpt2jax.scaling runs/chinchilla_cpu/results.csv [--loss metric] [--out DIR]
 
-Each row needs the loss and the compute columns that every run records (`gpt2jax.compute`): params (N),
+Each row needs the loss and the compute columns that every run records (`gpt2jax.training.compute`): params (N),
 non_embedding_params, tokens (D), flops (C). The fits (each runs when the rows allow it, else says why not):
 
     L(N), L(D)   L = E + A / x^alpha with an irreducible term E >= 0; for each distinct x the lowest loss

@@ -17,12 +17,12 @@ An experiment file defines `get_experiment()` returning an `Experiment`:
     baseline    a variant name: every other variant gets a Welch t-test p-value of its metric against it
     fit         "" | "power_law": metric = (N_c / N) ** alpha over non-embedding parameters N (Kaplan et al. 2020,
                 eq. 1.5) | "scaling": every fit of gpt2jax.scaling the runs allow | a tuple of gpt2jax.scaling.FITS
-    replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.replicas) when they can;
+    replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.training.replicas) when they can;
                 "auto" (default): only where that pays, on GPUs (on this CPU a vmapped step is slower than S
                 separate ones, bench/bench_replicas.py); False: never
 
 Per variant the table gives n, mean, std and the 95% t-interval of the metric over seeds, and with a baseline the
-Welch p-value (gpt2jax.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.compute) is in
+Welch p-value (gpt2jax.studies.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.training.compute) is in
 results.csv. Plots carry the 95% intervals as error bars.
 
 The runs share JAX's persistent compilation cache in runs/<name>/xla_cache (unless the config sets
@@ -168,7 +168,7 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
 
 
 def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_collections.ConfigDict]]:
-    from gpt2jax.train_config import check_train_config
+    from gpt2jax.training.schema import check_train_config
 
     configs = []
     seeds = experiment.seed_list()
@@ -204,19 +204,19 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict[str, float]:
 
 def non_embedding_params(config) -> int:
     """Parameters outside the token and position embeddings (independent of the vocabulary)."""
-    from gpt2jax.compute import non_embedding_params as count
+    from gpt2jax.training.compute import non_embedding_params as count
     from gpt2jax.config import GPTConfig
 
     return count(GPTConfig.from_dict({**config.model.to_dict(), "vocab_size": 1, "padded_vocab_size": 0}))
 
 
-COMPUTE_COLUMNS = ("params", "tokens", "flops", "wall_s", "mfu")  # from gpt2jax.compute, per run
+COMPUTE_COLUMNS = ("params", "tokens", "flops", "wall_s", "mfu")  # from gpt2jax.training.compute, per run
 STAT_COLUMNS = ("metric_n", "metric_mean", "metric_std", "metric_ci_lo", "metric_ci_hi", "p_vs_baseline")
 
 
 def variant_stats(experiment, rows: list[dict]) -> dict[str, dict]:
     """Per variant and metric: n, mean, std, 95% interval over seeds, and the Welch p-value against the baseline."""
-    from gpt2jax.stats import summarize, welch_p
+    from gpt2jax.studies.stats import summarize, welch_p
 
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
@@ -350,8 +350,8 @@ def is_finished(config) -> bool:
 def jobs_of(experiment, configs) -> list[list]:
     """Runs that train together: the unfinished seeds of one variant as one replica group (when they may),
     every other run alone. Each job is a list of (variant, config)."""
-    from gpt2jax.parallel import gpu_count
-    from gpt2jax.replicas import replica_key
+    from gpt2jax.studies.parallel import gpu_count
+    from gpt2jax.training.replicas import replica_key
 
     # a decision from nvidia-smi, not JAX: the parent of --parallel must not take the GPUs, and must group as its
     # children do
@@ -372,7 +372,7 @@ def run_job(job) -> None:
     from gpt2jax.train import train
 
     if len(job) > 1:
-        from gpt2jax.replicas import train_replicas
+        from gpt2jax.training.replicas import train_replicas
 
         print(f"training {len(job)} seeds of {job[0][0]} as one vmapped program: " + ", ".join(c.name for _, c in job))
         train_replicas([c for _, c in job])
@@ -407,7 +407,7 @@ def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run
     if done:
         print(f"{done} of {len(configs)} runs already finished")
     if parallel > 1 and len(jobs) > 1:
-        from gpt2jax.parallel import run_parallel
+        from gpt2jax.studies.parallel import run_parallel
 
         run_parallel(experiment_file, extra or {}, [job_name(j) for j in jobs], parallel, out_dir / "logs")
     else:

@@ -18,7 +18,7 @@ XLA_CACHE = tempfile.mkdtemp(prefix="gpt2jax-tests-xla-")
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 
-# The test suite's models are tiny; gpt2jax.hostmem's "auto" would not apply to them anyway, and one malloc arena
+# The test suite's models are tiny; gpt2jax.runtime.hostmem's "auto" would not apply to them anyway, and one malloc arena
 # (its policy) slows XLA's compiles for the rest of a process. tests/test_hostmem.py sets it per subprocess.
 os.environ.setdefault("GPT2JAX_HOST_MALLOC", "system")
 

@@ -64,7 +64,7 @@ def outcome(main, argv, capsys) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, char_data):
     """Good and bad inputs of every kind, made once."""
-    from gpt2jax.hf import export_hf
+    from gpt2jax.weights.hf import export_hf
     from gpt2jax.model import init_params
 
     d = tmp_path_factory.mktemp("fuzz_inputs")

@@ -1,4 +1,4 @@
-"""gpt2jax.compile_cache: a cache entry left truncated by a process stopped mid-write is dropped before a run uses
+"""gpt2jax.runtime.compile_cache: a cache entry left truncated by a process stopped mid-write is dropped before a run uses
 the directory, instead of being read, warned about and recompiled by every later run (JAX never rewrites it)."""
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 import time
 import zlib
 
-from gpt2jax import compile_cache
+from gpt2jax.runtime import compile_cache
 
 from .conftest import REPO
 
@@ -20,7 +20,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 if sys.argv[2] == "plain":
     jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 else:
-    from gpt2jax import compile_cache
+    from gpt2jax.runtime import compile_cache
     compile_cache.use(sys.argv[1])
 print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).sum()))
 """

@@ -6,11 +6,11 @@ import ml_collections
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, ConfigError, GPTConfig
-from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import DEFAULT_RULES, param_shardings
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import DEFAULT_RULES, param_shardings
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer
 from gpt2jax.train import parse_config
-from gpt2jax.train_config import check_train_config, mesh_and_rules, model_config
+from gpt2jax.training.schema import check_train_config, mesh_and_rules, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPO / "configs").glob("*.py"))

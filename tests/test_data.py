@@ -171,7 +171,7 @@ def test_global_batch_on_a_mesh(char_data):
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from gpt2jax.sharding import make_mesh
+    from gpt2jax.model.sharding import make_mesh
 
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     split = open_split(char_data, "train")

@@ -15,7 +15,7 @@ import pytest
 from gpt2jax.config import GPTConfig
 from gpt2jax.eval import tasks as tasks_lib
 from gpt2jax.eval import zeroshot
-from gpt2jax.hf import export_hf
+from gpt2jax.weights.hf import export_hf
 from gpt2jax.model import GPT, init_params, mean_loss
 from gpt2jax.tokenizer import gpt2_tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.eval import zeroshot
 from gpt2jax.eval.tasks import TASKS, DataError
-from gpt2jax.hf import export_hf
+from gpt2jax.weights.hf import export_hf
 from gpt2jax.model import init_params
 
 from .conftest import REPO

@@ -24,7 +24,7 @@ from gpt2jax.eval import protocols  # noqa: E402
 from gpt2jax.eval.detokenizers import wikitext_detokenize  # noqa: E402
 from gpt2jax.eval.scoring import Scorer  # noqa: E402
 from gpt2jax.eval.tasks import SHIPPED_DIR  # noqa: E402
-from gpt2jax.hf import export_hf  # noqa: E402
+from gpt2jax.weights.hf import export_hf  # noqa: E402
 from gpt2jax.model import init_params  # noqa: E402
 from gpt2jax.tokenizer import gpt2_tokenizer  # noqa: E402
 

@@ -10,17 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax import metrics as metrics_lib
+from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
-from gpt2jax.memory import MemoryFitError
+from gpt2jax.training.memory import MemoryFitError
 from gpt2jax.model import GPT, attention_impl, cudnn_flash_takes, init_params
-from gpt2jax.multistep import call_length, steps_per_call
-from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import make_mesh, param_shardings
-from gpt2jax.state import initial_state
-from gpt2jax.train import make_train_step, parse_config, train
+from gpt2jax.training.multistep import call_length, steps_per_call
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import make_mesh, param_shardings
+from gpt2jax.training.state import initial_state
+from gpt2jax.train import parse_config, train
+from gpt2jax.training.loop import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = {"tokens_per_s", "mfu", "elapsed_s"}

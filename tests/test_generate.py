@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.buckets import bucket_length
-from gpt2jax.generate import (
+from gpt2jax.generation.buckets import bucket_length
+from gpt2jax.generation.generate import (
     GREEDY, GenerationError, Sampling, TextStream, continue_text, filter_logits, generate, generate_ids, generate_text,
     left_pad, sample_logits,
 )
@@ -108,7 +108,7 @@ def test_batch_rows_do_not_see_each_other(params):
 def test_greedy_ids_equal_transformers_generate(params, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from gpt2jax.hf import export_hf
+    from gpt2jax.weights.hf import export_hf
 
     hf = transformers.GPT2LMHeadModel.from_pretrained(export_hf(CFG, params, tmp_path / "hf")).eval()
     eos = hf.config.eos_token_id  # vocab_size - 1; never emitted by this random model within 20 tokens
@@ -300,7 +300,7 @@ def test_continue_text_slides_past_the_context_window(params):
 def test_continue_text_compiles_one_program_for_all_its_chunks(params):
     """Three chunks of different prompt/continuation lengths share one compiled program (compiling is most of
     a short sample's time), with the tokens of separately bucketed calls."""
-    from gpt2jax import generate as generate_lib
+    from gpt2jax.generation import generate as generate_lib
 
     tok = CharTokenizer("".join(chr(c) for c in range(32, 132)))
     sampling = Sampling(top_k=5, seed=3)
@@ -318,7 +318,7 @@ def test_continue_text_compiles_one_program_for_all_its_chunks(params):
 
 def test_generation_runs_on_sharded_params(params):
     """Training samples from its FSDP + tensor-parallel params as they are (nothing gathered onto one device)."""
-    from gpt2jax.sharding import make_mesh, param_shardings
+    from gpt2jax.model.sharding import make_mesh, param_shardings
 
     # The 8 simulated CPU devices (conftest) also on a one-GPU machine, and the unsharded reference on the CPU too,
     # so that both runs use the same backend's numerics.

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig  # noqa: E402
-from gpt2jax.hf import CheckpointError, export_hf, load_hf  # noqa: E402
+from gpt2jax.weights.hf import CheckpointError, export_hf, load_hf  # noqa: E402
 from gpt2jax.model import GPT, init_params, mean_loss  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("full_precision_matmuls")  # GPU: no TF32-class passes in parity checks

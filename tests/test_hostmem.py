@@ -1,4 +1,4 @@
-"""gpt2jax.hostmem: CPU runs keep the host memory XLA frees, so a compiled call's temporaries are not page-faulted
+"""gpt2jax.runtime.hostmem: CPU runs keep the host memory XLA frees, so a compiled call's temporaries are not page-faulted
 back in at every call. Each case runs in a fresh process: the policy must be set before JAX starts its CPU client."""
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gpt2jax.errors import UsageError
-from gpt2jax.hostmem import ENV
+from gpt2jax.runtime.hostmem import ENV
 
 # A jitted call whose output and temporaries are ~64 MB each (above glibc's mmap threshold): the page faults of its
 # later calls tell whether the memory of the earlier ones was kept (none) or unmapped and faulted in again (~16k
@@ -17,7 +17,7 @@ from gpt2jax.hostmem import ENV
 # for in another), so the last eight calls are the ones compared.
 PROBE = r"""
 import json, resource, sys
-from gpt2jax.hostmem import keep_freed_memory
+from gpt2jax.runtime.hostmem import keep_freed_memory
 applied = keep_freed_memory(int(sys.argv[1]))
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.cumsum(x.reshape(4096, 4096).T, axis=1) * 2.0)
@@ -54,7 +54,7 @@ def test_kept_memory_is_not_faulted_in_again_at_the_next_call():
 
 
 def test_auto_leaves_small_runs_alone(monkeypatch):
-    import gpt2jax.hostmem as hostmem
+    import gpt2jax.runtime.hostmem as hostmem
 
     monkeypatch.setattr(hostmem, "_applied", None)
     monkeypatch.setenv(ENV, "auto")
@@ -64,7 +64,7 @@ def test_auto_leaves_small_runs_alone(monkeypatch):
 
 
 def test_a_bad_policy_value_is_a_usage_error(monkeypatch):
-    import gpt2jax.hostmem as hostmem
+    import gpt2jax.runtime.hostmem as hostmem
 
     monkeypatch.setattr(hostmem, "_applied", None)
     monkeypatch.setenv(ENV, "sometimes")
@@ -84,7 +84,7 @@ def test_the_train_cli_reports_a_bad_policy_before_anything_starts(tmp_path):
 def test_eval_clis_size_the_policy_from_config_json_alone(tmp_path):
     """zeroshot and the harness backend decide before JAX starts, from the source's config.json (load.logits_bytes):
     an HF directory, a training run directory (padded vocabulary rows count), a GPT-2 hub id; None otherwise."""
-    from gpt2jax.load import logits_bytes
+    from gpt2jax.weights.load import logits_bytes
 
     hf = tmp_path / "hf"
     hf.mkdir()

@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import load_run
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import load_run
 from gpt2jax.config import ConfigError
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
-from gpt2jax.hf import export_hf
-from gpt2jax.init_from import fit_params
-from gpt2jax.load import load_model
+from gpt2jax.weights.hf import export_hf
+from gpt2jax.weights.init_from import fit_params
+from gpt2jax.weights.load import load_model
 from gpt2jax.model import GPT, mean_loss
 from gpt2jax.train import parse_config, train
 from tests.conftest import REPO

@@ -16,8 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import Checkpoints
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import Checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
-from gpt2jax.layernorm import LayerNorm
+from gpt2jax.model.layernorm import LayerNorm
 from gpt2jax.model import (GPT, blocked_causal_attention, init_layer_caches, init_params, logical_axes, mean_loss,
                            param_count, split_layers, token_nll)
 
@@ -94,7 +94,7 @@ def test_variants_match_baseline(variant, baseline):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_manual_layer_norm_matches_float64_jacobian_and_flax(dtype):
-    """gpt2jax.layernorm against float64 numpy (the output, and the gradients from each row's explicit Jacobian
+    """gpt2jax.model.layernorm against float64 numpy (the output, and the gradients from each row's explicit Jacobian
     dy_i/dx_j = scale_i / sigma * (delta_ij - 1/C - x_hat_i x_hat_j / C)) and against flax's nn.LayerNorm under
     autodiff (same parameters, same output dtype)."""
     rng = np.random.default_rng(0)
@@ -321,7 +321,7 @@ def test_init_through_the_rolled_scan_equals_the_unrolled_modules_own_init():
     import flax.linen as nn
     import optax
 
-    from gpt2jax.state import initial_state
+    from gpt2jax.training.state import initial_state
 
     key, tokens = jax.random.key(3), jnp.zeros((1, 1), jnp.int32)
     for unroll in (0, 3):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2jax import metrics as metrics_lib
+from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.data import prepare as prep
 from gpt2jax.train import parse_config, train
 

@@ -20,7 +20,7 @@ import jax
 import pytest
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.hf import export_hf
+from gpt2jax.weights.hf import export_hf
 from gpt2jax.model import init_params
 
 REPO = Path(__file__).resolve().parents[1]

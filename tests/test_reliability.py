@@ -11,11 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gpt2jax import checkpoint as ckpt_lib
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import Checkpoints, CorruptCheckpointError, load_run
+from gpt2jax.weights import checkpoint as ckpt_lib
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import Checkpoints, CorruptCheckpointError, load_run
 from gpt2jax.errors import SaveError, TrainingStopped
-from gpt2jax.lock import RunDirLock, RunDirLocked
+from gpt2jax.runtime.lock import RunDirLock, RunDirLocked
 from gpt2jax.train import parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@ one by one with `train`: every loss curve and every final parameter to 1e-5."""
 import jax
 import numpy as np
 
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import load_run
-from gpt2jax.replicas import replica_key, train_replicas
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import load_run
+from gpt2jax.training.replicas import replica_key, train_replicas
 from gpt2jax.train import parse_config, train
 from tests.conftest import REPO
 

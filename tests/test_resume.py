@@ -6,8 +6,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import Checkpoints, load_run
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import Checkpoints, load_run
 from gpt2jax.train import parse_config, train
 from tests.conftest import XLA_CACHE
 

@@ -7,9 +7,9 @@ import jax
 import pytest
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.generate import GREEDY, GenerationError, Sampling, generate_text
-from gpt2jax.hf import export_hf
-from gpt2jax.load import load_model
+from gpt2jax.generation.generate import GREEDY, GenerationError, Sampling, generate_text
+from gpt2jax.weights.hf import export_hf
+from gpt2jax.weights.load import load_model
 from gpt2jax.sample import main
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pytest
 
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.model import GPT, init_params, mean_loss
-from gpt2jax.sharding import (activation_context, batch_sharding, data_parallel_size, make_mesh, param_shardings,
+from gpt2jax.model.sharding import (activation_context, batch_sharding, data_parallel_size, make_mesh, param_shardings,
                               resolve_mesh_shape)
 
 CFG = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_positions=16, vocab_size=61, padded_vocab_size=64)

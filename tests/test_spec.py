@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2jax.spec import resolve
+from gpt2jax.training.spec import resolve
 from gpt2jax.tokenizer import CharTokenizer
 from gpt2jax.train import parse_config
 

@@ -1,9 +1,9 @@
-"""Seed statistics (issue 11, acceptance 1): gpt2jax.stats against scipy.stats on fixed numbers."""
+"""Seed statistics (issue 11, acceptance 1): gpt2jax.studies.stats against scipy.stats on fixed numbers."""
 import numpy as np
 import pytest
 import scipy.stats
 
-from gpt2jax import stats
+from gpt2jax.studies import stats
 
 A = [2.31, 2.35, 2.29, 2.40, 2.33]
 B = [2.28, 2.27, 2.30, 2.25]

@@ -96,7 +96,7 @@ def get_experiment():
 def test_seeds_sweep_in_parallel_gives_statistics_and_resumes(tmp_path, capsys, char_data):
     """Issue 11, acceptances 1 and 5 in small: 2 variants x 3 seeds, each variant's seeds one vmapped program, the
     two programs in two child processes; mean, std, 95% interval and Welch p against the baseline; resumable."""
-    from gpt2jax.stats import summarize, welch_p
+    from gpt2jax.studies.stats import summarize, welch_p
     from gpt2jax.sweep import main
 
     exp_file = tmp_path / "exp.py"

@@ -12,16 +12,17 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.checkpoint import load_run
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.weights.checkpoint import load_run
 from gpt2jax.config import GPTConfig
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
 from gpt2jax.model import GPT, init_params, mean_loss
-from gpt2jax.optim import adamw_or_skip, decay_mask, lr_schedule, make_optimizer
-from gpt2jax.sharding import make_mesh, param_shardings, replicated
-from gpt2jax.state import initial_state
-from gpt2jax.train import make_train_step, parse_config, train
+from gpt2jax.training.optim import adamw_or_skip, decay_mask, lr_schedule, make_optimizer
+from gpt2jax.model.sharding import make_mesh, param_shardings, replicated
+from gpt2jax.training.state import initial_state
+from gpt2jax.train import parse_config, train
+from gpt2jax.training.loop import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 UNIGRAM_XENT = 3.35  # cross-entropy of Tiny Shakespeare's val characters under train character frequencies
@@ -83,7 +84,7 @@ def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from gpt2jax.metrics import MetricsLogger; log = MetricsLogger(sys.argv[1]); "
+    code = ("import sys; from gpt2jax.training.metrics import MetricsLogger; log = MetricsLogger(sys.argv[1]); "
             "log.write(dict(kind='train', step=3, loss=2.5, note='text')); log.close(); "
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO,

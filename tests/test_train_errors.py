@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2jax.checkpoint import RunDirError
+from gpt2jax.weights.checkpoint import RunDirError
 from gpt2jax.config import ConfigError
 from gpt2jax.data import prepare as prep
 from gpt2jax.data.shards import DataError, write_shard

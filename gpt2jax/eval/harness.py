@@ -32,13 +32,21 @@ import sys
 
 import jax
 import numpy as np
-import lm_eval.models  # noqa: F401  lm-eval's own table first: it is only loaded while the registry is empty
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
-from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm.auto import tqdm
 
-from gpt2jax import hostmem
+try:  # the `harness` extra; without it main() prints how to install it (the entry point imports this module)
+    import lm_eval.models  # noqa: F401  lm-eval's own table first: it is only loaded while the registry is empty
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.utils import normalize_gen_kwargs
+    from lm_eval.utils import simple_parse_args_string
+except ImportError as e:
+    HARNESS_MISSING: ImportError | None = e
+    TemplateLM = object  # GPT2JaxLM is still defined (never registered): the module imports, main() explains
+else:
+    HARNESS_MISSING = None
+
+from gpt2jax.runtime import hostmem
 from gpt2jax.config import ConfigError
 from gpt2jax.eval.protocols import continuation_requests, rolling_requests
 from gpt2jax.eval.windows import score_requests
@@ -63,9 +71,9 @@ class GPT2JaxLM(TemplateLM):
                  dtype: str | None = None, max_batch_size=None, device=None, **unused):
         super().__init__()
         from gpt2jax.eval.scoring import Scorer
-        from gpt2jax.load import load_model, logits_bytes
+        from gpt2jax.weights.load import load_model, logits_bytes
 
-        # CPU: keep freed host memory when the scored logits are large (gpt2jax.hostmem), before JAX starts
+        # CPU: keep freed host memory when the scored logits are large (gpt2jax.runtime.hostmem), before JAX starts
         rows = batch_size if str(batch_size).isdigit() else 8
         hostmem.keep_freed_memory(logits_bytes(str(init_from), int(rows), int(max_length) if max_length else None))
         if jax.process_count() > 1:
@@ -172,7 +180,7 @@ class GPT2JaxLM(TemplateLM):
         return out  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], kwargs: dict) -> list[str]:
-        from gpt2jax.generate import Sampling, generate_text_ids, nonempty_prompt
+        from gpt2jax.generation.generate import Sampling, generate_text_ids, nonempty_prompt
 
         until = kwargs.pop("until", None) or []
         until = ([until] if isinstance(until, str) else list(until)) + [self.tokenizer.decode([self.eot_token_id])]

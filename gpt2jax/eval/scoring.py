@@ -1,6 +1,6 @@
 """The jitted scorer: one forward pass per (B, T) batch -> per-target NLL and greedy-match flags, data parallel.
 
-Parameters are placed with `gpt2jax.sharding.param_shardings` and batches with `batch_sharding` (the batch axis
+Parameters are placed with `gpt2jax.model.sharding.param_shardings` and batches with `batch_sharding` (the batch axis
 split over the mesh's data-parallel axes), so the same code runs on one CPU, one GPU or a pod slice, in one
 process or several (every process passes the same numpy batch; each contributes its rows of the global array and
 reads the replicated result). The batch size must be a multiple of the data-parallel size; this is checked
@@ -17,7 +17,7 @@ import numpy as np
 from gpt2jax.config import GPTConfig
 from gpt2jax.data.loader import local_rows
 from gpt2jax.model import GPT
-from gpt2jax.sharding import (DEFAULT_RULES, activation_context, batch_sharding, check_batch_splits,
+from gpt2jax.model.sharding import (DEFAULT_RULES, activation_context, batch_sharding, check_batch_splits,
                               data_parallel_size, make_mesh, param_shardings, replicated)
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from gpt2jax.buckets import bucket_length
+from gpt2jax.generation.buckets import bucket_length
 from gpt2jax.config import ConfigError
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import jax
 
-from gpt2jax import hostmem
+from gpt2jax.runtime import hostmem
 from gpt2jax.config import GPT2_VOCAB_SIZE, ConfigError
 from gpt2jax.eval import protocols, report
 from gpt2jax.eval.tasks import (DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, GPT2_SIZES, TASKS, Task, all_data_files,
                                 parse_path_overrides, parse_task_list, read_bytes, read_text, reference_size, resolve)
 from gpt2jax.errors import DataError
-from gpt2jax.sharding import check_batch_splits
+from gpt2jax.model.sharding import check_batch_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,9 +174,9 @@ def main(argv=None) -> int:
     overrides = parse_path_overrides(args.path)
     data_dir, cache_dir = Path(args.data_dir).expanduser(), Path(args.cache_dir).expanduser()
 
-    from gpt2jax.load import load_model, logits_bytes
+    from gpt2jax.weights.load import load_model, logits_bytes
 
-    # CPU: keep freed host memory when the scored logits are large (gpt2jax.hostmem), before JAX starts
+    # CPU: keep freed host memory when the scored logits are large (gpt2jax.runtime.hostmem), before JAX starts
     hostmem.keep_freed_memory(logits_bytes(args.init_from, args.batch_size or 8, args.n_ctx))
     overrides_cfg = {"dtype": args.dtype} if args.dtype else {}
     cfg, params, tokenizer = load_model(args.init_from, **overrides_cfg)

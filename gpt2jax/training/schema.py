@@ -6,10 +6,10 @@ any field with `--config.<section>.<field>=value`. Sections:
     seed             parameter init, dropout and data order
     model            GPTConfig fields; vocab_size = 0 takes the data tokenizer's vocabulary
     data             dir (a prepared dataset), tokenizer ("" = whatever the data has, or gpt2 / char), seq_len
-    optim            AdamW + warmup/cosine + clipping (see gpt2jax.optim)
+    optim            AdamW + warmup/cosine + clipping (see gpt2jax.training.optim)
     train            steps, batch, logging, eval, checkpoints, sampling
     distributed      jax.distributed.initialize arguments for multi-process runs (the CLI calls it)
-    mesh             device mesh sizes {data, fsdp, tensor}, one may be -1 (see gpt2jax.sharding)
+    mesh             device mesh sizes {data, fsdp, tensor}, one may be -1 (see gpt2jax.model.sharding)
     sharding_rules   logical axis -> mesh axes, recorded so that a run dir says how it was sharded
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_collections
 
 from gpt2jax.config import ConfigError, GPTConfig
-from gpt2jax.sharding import DEFAULT_RULES, check_batch_splits, data_parallel_size, make_mesh, normalize_rules
+from gpt2jax.model.sharding import DEFAULT_RULES, check_batch_splits, data_parallel_size, make_mesh, normalize_rules
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "run"
     c.run_root = "runs"
     c.seed = 0
-    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.init_from); "" = random
+    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.weights.init_from); "" = random
     c.init_from = ""
 
     c.model = GPTConfig().to_dict()

@@ -6,8 +6,8 @@ frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config
 those fields filled in: it is what `<run_dir>/config.json` records.
 
 Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`mesh` sizes of -1,
-from the devices: `gpt2jax.train_config.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
-kind: `gpt2jax.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`,
+from the devices: `gpt2jax.training.schema.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
+kind: `gpt2jax.training.metrics.peak_flops`) and the model's per-backend "auto" choices (`model.attention`,
 `model.scan_unroll`: `gpt2jax.model`, at trace time).
 """
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import ml_collections
 
-from gpt2jax import multistep
+from gpt2jax.training import multistep
 from gpt2jax.config import GPTConfig
-from gpt2jax.generate import Sampling
+from gpt2jax.generation.generate import Sampling
 from gpt2jax.model import flops_per_token
-from gpt2jax.optim import OptimSpec
-from gpt2jax.train_config import check_train_config, model_config
+from gpt2jax.training.optim import OptimSpec
+from gpt2jax.training.schema import check_train_config, model_config
 
 
 @dataclasses.dataclass(frozen=True)

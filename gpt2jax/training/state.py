@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2jax.model import init_params
-from gpt2jax.sharding import batch_sharding, opt_state_shardings, param_shardings, replicated
+from gpt2jax.model.sharding import batch_sharding, opt_state_shardings, param_shardings, replicated
 
 TRAIN_KEYS = ("opt_state", "step", "rng")  # what a checkpoint saves beside the params (its "train" item)
 

@@ -1,6 +1,6 @@
 """Training from weights: `--config.init_from` = a run directory, a Hugging Face GPT-2 directory, or a hub id.
 
-The weights are loaded by `gpt2jax.load.load_model` (the loader of sample and eval) and fitted to the model being
+The weights are loaded by `gpt2jax.weights.load.load_model` (the loader of sample and eval) and fitted to the model being
 trained before anything compiles. The optimizer starts fresh (AdamW moments zero, step 0); a run that resumes
 from its own checkpoint ignores init_from. The resolved source is written to <run dir>/init_from.json.
 
@@ -29,7 +29,7 @@ def resolve_source(source: str) -> tuple[str, str]:
     """(kind, resolved path): "run" for a gpt2jax run directory, "hf" for a Hugging Face directory (a hub id is
     resolved to its local snapshot, or fails offline with the loader's message)."""
     from gpt2jax.errors import CheckpointError
-    from gpt2jax.hf import resolve_hf_dir
+    from gpt2jax.weights.hf import resolve_hf_dir
 
     path = Path(source).expanduser()
     if path.is_dir() and (path / "checkpoints").is_dir():
@@ -68,7 +68,7 @@ def fit_params(src_cfg: GPTConfig, src_params, cfg: GPTConfig, seed: int, source
 def load_init_params(source: str, cfg: GPTConfig, tokenizer, seed: int) -> tuple[dict, dict]:
     """-> (numpy params for cfg, record for init_from.json). Errors are ConfigErrors with one clear line."""
     from gpt2jax.errors import CheckpointError
-    from gpt2jax.load import load_model
+    from gpt2jax.weights.load import load_model
 
     kind, resolved = resolve_source(source)
     try:

@@ -16,7 +16,7 @@ How it runs (everything after the host-side checks is one XLA program per bucket
 - Decode: a `lax.while_loop` feeds the last token at slot P + k - 1, samples token k, and stops when
   `max_new_tokens` are done or every row has emitted `eot_id`. The cache lives in the loop carry, so XLA
   updates it in place instead of copying it per step.
-- Shapes are static: P and the cache length S are rounded up to buckets (`gpt2jax.buckets`), so a new prompt
+- Shapes are static: P and the cache length S are rounded up to buckets (`gpt2jax.generation.buckets`), so a new prompt
   length or a new `max_new_tokens` reuses a compiled program unless it crosses a bucket. Compiled programs are
   kept in a process-wide cache keyed by (config, batch, P, S, sampling mode, parameter shapes).
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from gpt2jax.buckets import bucket_length
+from gpt2jax.generation.buckets import bucket_length
 from gpt2jax.config import GPTConfig
 from gpt2jax.model import GPT, init_layer_caches, split_layers
 

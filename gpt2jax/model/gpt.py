@@ -3,13 +3,13 @@
 The math is GPT-2's (Radford et al. 2019; openai/gpt-2 `src/model.py`): pre-LayerNorm blocks, GELU with the tanh
 approximation, learned position embeddings, causal self-attention, a final LayerNorm and an LM head tied to the
 token embedding. Module names are GPT-2's own (wte, wpe, h, ln_1, attn/c_attn, attn/c_proj, ln_2, mlp/c_fc,
-mlp/c_proj, ln_f) so official weights map onto this tree by name (see `gpt2jax.hf`).
+mlp/c_proj, ln_f) so official weights map onto this tree by name (see `gpt2jax.weights.hf`).
 
 The layers are one `nn.scan` over a stacked `h` (leading axis "layers"); `layer_unroll` unrolls it fully for models
 up to 24 layers (faster steps, see its docstring) and keeps it rolled deeper, where compile time then does not
 grow with depth.
 Generation uses `GPT.decode`, the cached forward pass over the same modules (layers unrolled, one key/value cache
-per layer; see its docstring); `gpt2jax.generate` runs the decode loop around it. Every parameter carries logical axis names; `gpt2jax.sharding` maps them to mesh axes. Without a mesh the
+per layer; see its docstring); `gpt2jax.generation.generate` runs the decode loop around it. Every parameter carries logical axis names; `gpt2jax.model.sharding` maps them to mesh axes. Without a mesh the
 annotations are no-ops and the same code runs on one device.
 
 Shapes in comments: B batch, T query length, S key length, C n_embd, N n_head, H head_dim, V vocabulary rows,
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.layernorm import LayerNorm
+from gpt2jax.model.layernorm import LayerNorm
 
 INIT_STD = 0.02  # GPT-2: weights ~ N(0, 0.02) (openai/gpt-2 model.py, nanoGPT, HF GPT2 _init_weights)
 
@@ -55,7 +55,7 @@ def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, nam
 
 def layer_norm_impl(cfg: GPTConfig) -> str:
     """model.layer_norm resolved for this backend: "auto" is the hand-written backward pass on the CPU (faster
-    there, see gpt2jax.layernorm), flax's nn.LayerNorm under autodiff elsewhere."""
+    there, see gpt2jax.model.layernorm), flax's nn.LayerNorm under autodiff elsewhere."""
     if cfg.layer_norm != "auto":
         return cfg.layer_norm
     return "manual" if jax.default_backend() == "cpu" else "autodiff"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
 from gpt2jax.errors import CheckpointError
-from gpt2jax.hf import is_hub_id, load_hf
+from gpt2jax.weights.hf import is_hub_id, load_hf
 from gpt2jax.tokenizer import gpt2_tokenizer
 
 
@@ -21,7 +21,7 @@ def load_model(init_from: str, **config_overrides):
     """
     path = Path(init_from).expanduser()
     if path.is_dir() and (path / "checkpoints").is_dir():
-        from gpt2jax.checkpoint import load_run
+        from gpt2jax.weights.checkpoint import load_run
 
         cfg, params, tokenizer = load_run(path)
         return (cfg.replace(**config_overrides) if config_overrides else cfg), params, tokenizer
@@ -38,7 +38,7 @@ def load_model(init_from: str, **config_overrides):
 def logits_bytes(init_from: str, rows: int, n_ctx: int | None = None) -> int | None:
     """Bytes of the float32 logits of `rows` windows of n_ctx tokens (default: the model's n_positions) for the
     model at init_from, from its config.json alone: no JAX, no weights, no network, so a CLI can size its host
-    memory policy (`gpt2jax.hostmem`) before JAX starts. None when there is no config to read (a hub id other
+    memory policy (`gpt2jax.runtime.hostmem`) before JAX starts. None when there is no config to read (a hub id other
     than the GPT-2 sizes, an unreadable file): the caller then treats the model as large."""
     path = Path(init_from).expanduser()
     try:

@@ -20,17 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2jax import checkpoint as ckpt_lib
-from gpt2jax import compile_cache
-from gpt2jax import metrics as metrics_lib
-from gpt2jax.compute import compute_summary
+from gpt2jax.weights import checkpoint as ckpt_lib
+from gpt2jax.runtime import compile_cache
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.training.compute import compute_summary
 from gpt2jax.data.loader import Loader
-from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import activation_context, param_shardings
-from gpt2jax.spec import resolve
-from gpt2jax.state import initial_state, train_items
-from gpt2jax.train import final_eval, make_batch_loss, make_train_step, open_data, write_run_files
-from gpt2jax.train_config import check_train_config, mesh_and_rules
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import activation_context, param_shardings
+from gpt2jax.training.spec import resolve
+from gpt2jax.training.state import initial_state, train_items
+from gpt2jax.training.loop import final_eval, make_batch_loss, make_train_step, open_data, write_run_files
+from gpt2jax.training.schema import check_train_config, mesh_and_rules
 
 # Config fields that may differ between the replicas of one program (everything else must be equal).
 REPLICA_FIELDS = ("seed", "name")

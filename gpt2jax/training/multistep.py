@@ -51,7 +51,7 @@ def compile_on_first_call(jitted, context, *abstract_args):
 def cadence(t) -> int:
     """The step counts every call must line up with: gcd of eval_every, checkpoint_every and stop_at. An unset 0
     adds no constraint (gcd(n, 0) = n), so checkpoint_every gives the same cadence before and after
-    `gpt2jax.spec.resolve` sets it to eval_every."""
+    `gpt2jax.training.spec.resolve` sets it to eval_every."""
     return math.gcd(t.eval_every, t.checkpoint_every, t.stop_at)
 
 

@@ -3,7 +3,7 @@
 A run directory `runs/<name>/` holds:
     config.json       the resolved training config (model.vocab_size filled in from the data)
     tokenizer.json    the data's tokenizer (`tokenizer.to_dict()`)
-    metrics.jsonl     one JSON record per log / eval step (see gpt2jax.metrics)
+    metrics.jsonl     one JSON record per log / eval step (see gpt2jax.training.metrics)
     checkpoints/<step>/{params, train, meta, manifest.gpt2jax.json}
                       params: the model parameters; train: optimizer state, step counter, RNG key;
                       meta (JSON): step, data position, model shape and tokenizer fingerprint;
@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.errors import SaveError
 from gpt2jax.tokenizer import tokenizer_from_dict
-from gpt2jax.watchdog import injected_sleep
+from gpt2jax.runtime.watchdog import injected_sleep
 
 CHECKPOINT_DIR = "checkpoints"
 REJECTED_DIR = "rejected_checkpoints"
@@ -336,7 +336,7 @@ class Checkpoints:
         """Block until the last save is committed and its manifest written; raises its SaveError."""
         if self._pending is not None:
             # short joins: a signal delivered to another thread (XLA's, orbax's) does not interrupt a blocking
-            # join, and the main thread must stay responsive to a second SIGTERM/SIGINT (gpt2jax.signals)
+            # join, and the main thread must stay responsive to a second SIGTERM/SIGINT (gpt2jax.runtime.signals)
             while self._pending.is_alive():
                 self._pending.join(timeout=0.1)
             self._pending = None

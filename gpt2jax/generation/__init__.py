@@ -1,0 +1,1 @@
+"""Decoding: the KV-cache generation loop over the one model, and compile buckets for varying lengths."""

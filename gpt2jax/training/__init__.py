@@ -1,0 +1,1 @@
+"""Training: the config schema and its resolution, the optimizer, the state layout, the loop, replicas, metrics."""

@@ -1,0 +1,529 @@
+"""Train a GPT-2: `python -m gpt2jax.train --config configs/default.py [--config.train.max_steps=500 ...]`.
+
+A run, in order (everything that can be wrong about the inputs is checked before anything compiles):
+  1. data + spec: open the prepared train/val splits; `gpt2jax.training.spec.resolve(config, tokenizer)` decides every
+     default (the model's vocabulary comes from the data's tokenizer) and the rest reads only that spec;
+  2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
+  3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
+  4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
+     small models one that runs several steps per call (gpt2jax.training.multistep), compiled from the abstract state of
+     `gpt2jax.training.state.StateLayout` (shapes, shardings and restore targets together); a step that cannot fit the
+     device's memory stops here (gpt2jax.training.memory), before any state exists;
+  5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.weights.init_from);
+  6. the loop, cadence only (`train_loop`; metrics read one call late, so the device never waits for the host):
+     step, log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call
+     with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows (the
+     evaluation suite's `Scorer`) and the loss curve is plotted.
+Steps 1-5 are `start_run`, which returns a `Run` (everything the loop needs).
+
+`train(config) -> summary dict` is the importable entry point (tests call it directly).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from gpt2jax.weights import checkpoint as ckpt_lib
+from gpt2jax.runtime import compile_cache
+from gpt2jax.runtime import hostmem
+from gpt2jax.weights import init_from as init_lib
+from gpt2jax.training import metrics as metrics_lib
+from gpt2jax.training import multistep
+from gpt2jax.training.compute import compute_summary
+from gpt2jax.training.memory import check_step_fits
+from gpt2jax.data.loader import Loader, global_batch
+from gpt2jax.data.shards import open_split
+from gpt2jax.errors import DataError, SaveError, run_cli
+from gpt2jax.runtime.lock import RunDirLock
+from gpt2jax.model import GPT, flops_per_token, param_count
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import activation_context, replicated
+from gpt2jax.runtime.signals import StopSignals
+from gpt2jax.training.spec import TrainSpec, resolve
+from gpt2jax.training.state import StateLayout, train_items
+from gpt2jax.training.schema import check_train_config, mesh_and_rules
+from gpt2jax.runtime.watchdog import Watchdog, injected_sleep
+
+
+# ---- the compiled functions ---------------------------------------------------------------------------------
+
+def make_train_step(cfg, tx, schedule, p_shardings):
+    """(state, tokens (A, B, T+1)) -> (state, metrics): A micro-batches, gradients averaged, one AdamW update."""
+    model = GPT(cfg)
+    train_mode = cfg.dropout > 0
+
+    def loss_fn(params, tokens, key):  # tokens (B, T+1)
+        nll = model.apply({"params": params}, tokens[:, :-1], deterministic=not train_mode, targets=tokens[:, 1:],
+                          rngs={"dropout": key} if train_mode else None)  # (B, T)
+        return nll.mean()
+
+    def step(state, batch):
+        params = state["params"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        constrain = functools.partial(jax.lax.with_sharding_constraint, shardings=p_shardings)
+
+        def micro(carry, xs):
+            grad_sum, loss_sum = carry
+            tokens, index = xs
+            loss, grads = jax.value_and_grad(loss_fn)(params, tokens, jax.random.fold_in(key, index))
+            return (constrain(jax.tree.map(jnp.add, grad_sum, grads)), loss_sum + loss), None
+
+        zeros = constrain(jax.tree.map(jnp.zeros_like, params))
+        n_micro = batch.shape[0]
+        (grad_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0)), (batch, jnp.arange(n_micro)))
+        grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
+        loss, grad_norm = loss_sum / n_micro, optax.global_norm(grads)
+        # numerics guard: a NaN/Inf loss or gradient leaves params and optimizer state as they were (the batch
+        # still counts as consumed); the host reads the flag with the other metrics, no extra sync
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state["opt_state"], params, apply=finite)  # not finite: zero updates
+        new_state = dict(params=optax.apply_updates(params, updates), opt_state=opt_state,
+                         step=state["step"] + 1, rng=state["rng"])
+        metrics = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
+                       nonfinite=1 - finite.astype(jnp.int32))
+        return new_state, metrics
+
+    return step
+
+
+def make_batch_loss(cfg):
+    """(params, tokens (1, B, T+1)) -> mean next-token NLL of one fixed val batch, for the periodic evals."""
+    model = GPT(cfg)
+    return lambda params, b: model.apply({"params": params}, b[0, :, :-1], targets=b[0, :, 1:]).mean()
+
+
+def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, context=contextlib.nullcontext) -> dict:
+    """The compiled single step ("step", taking (A, B, T+1) batches sharded as layout.batch) and, for k_steps > 1,
+    the k-steps-per-call scan ("multi", taking (k, A, B, T+1) batches sharded as layout.stacked_batch). With
+    k_steps > 1 the single step only serves a tail of steps shorter than a call, so it compiles when first called.
+    context() is entered while tracing: e.g. `lambda: activation_context(mesh, rules)`."""
+    state_sh, abstract_state = layout.shardings, layout.abstract
+    step = make_train_step(layout.cfg, layout.tx, schedule, state_sh["params"])
+    rep = replicated(layout.mesh)
+    tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
+    single = jax.jit(step, in_shardings=(state_sh, layout.batch), out_shardings=(state_sh, rep), donate_argnums=0)
+    if k_steps == 1:
+        with context():
+            return dict(step=single.lower(abstract_state, tokens()).compile())
+    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, layout.stacked_batch),
+                    out_shardings=(state_sh, rep), donate_argnums=0)
+    with context():
+        compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
+    return dict(multi=compiled, step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+
+
+class TrainLog:
+    """Train records from per-call metrics (each a (k,) array per field), read on the host one call late so that
+    the next call is already queued when the host waits; the records and their steps are those of a step-by-step
+    loop. tokens/s and MFU are measured between host reads."""
+
+    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite):
+        self.logger, self.bar, self.log_every, self.end, self.nonfinite = logger, bar, log_every, end, nonfinite
+        self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
+        self.pending, self.mark, self.mark_step = [], time.time(), start
+
+    def add(self, first_step: int, k: int, metrics: dict) -> None:
+        self.pending.append((first_step, k, metrics))
+
+    def flush(self, keep_last: bool = False) -> None:
+        while len(self.pending) > int(keep_last):
+            first, k, m = self.pending.pop(0)
+            m = {name: np.atleast_1d(np.asarray(host(v), np.float64)) for name, v in m.items()}  # waits
+            now = time.time()
+            tok_s = self.tokens_per_step * (first + k - self.mark_step) / max(now - self.mark, 1e-9)
+            self.mark, self.mark_step = now, first + k
+            flags = m.pop("nonfinite")  # the numerics guard's per-step flags (metrics.NonfiniteTally)
+            for i in range(k):
+                step = first + i + 1
+                self.nonfinite.update(step, flags[i])
+                if step % self.log_every and step != self.end:
+                    continue
+                rec = {name: float(v[i]) for name, v in m.items()}
+                rec["nonfinite_steps"] = self.nonfinite.count
+                self.last["loss"] = rec["loss"]
+                self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
+                                       mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+
+
+def host(x) -> np.ndarray:
+    """A replicated (possibly multi-process) array as numpy."""
+    return np.asarray(x.addressable_data(0))
+
+
+# ---- setup ---------------------------------------------------------------------------------------------------
+
+def open_data(config):
+    d = config.data
+    train_split = open_split(d.dir, "train", d.tokenizer)
+    val_split = open_split(d.dir, "val", d.tokenizer)
+    if val_split.tokenizer.fingerprint != train_split.tokenizer.fingerprint:
+        raise DataError(f"{d.dir}: train and val splits were made by different tokenizers")
+    return train_split, val_split
+
+
+def check_run_dir(spec: TrainSpec, tokenizer, ckpts) -> None:
+    """Refuse a run dir whose checkpoints cannot continue with this config (or resume=False), before any change."""
+    if not ckpts.steps():
+        return
+    if not spec.train.resume:
+        raise ckpt_lib.RunDirError(
+            f"run directory {spec.run_dir} already holds checkpoints (latest step {ckpts.latest_step()}) and "
+            "train.resume=False. Nothing was changed: pick a new run name with --config.name=<new name>, or resume "
+            "with --config.train.resume=True."
+        )
+    for step in ckpts.candidates():  # the newest step whose meta reads (a damaged one is judged when restoring)
+        try:
+            meta = ckpts.meta(step)
+        except Exception:  # noqa: BLE001 - orbax/JSON errors of a damaged step
+            continue
+        ckpt_lib.check_compatible(spec.run_dir, meta, spec.model, tokenizer)
+        return
+
+
+def restore_state(ckpts, layout: StateLayout, fallback: bool, say) -> tuple[int, dict | None]:
+    """(step, state) of the newest checkpoint that verifies (files match the manifest, arrays finite), or
+    (0, None) for a fresh run. Unusable newer steps are named and moved to rejected_checkpoints/."""
+    if not ckpts.steps():
+        return 0, None
+    step, restored, rejected = ckpts.restore_good(layout.target("params"), layout.train_target(), fallback=fallback)
+    if step is None:
+        raise ckpt_lib.CorruptCheckpointError(
+            f"no usable checkpoint in {ckpts.directory}: " + "; ".join(why for _, why in rejected)
+            + ". Move the checkpoints directory aside to start over, or restore it from a copy.")
+    ckpts.reject([s for s in ckpts.steps() if s > step])
+    if rejected:
+        say(f"resuming from step {step}, the newest checkpoint that verifies")
+    return step, dict(params=restored["params"], **restored["train"])
+
+
+def make_watchdog(t, run_dir: Path) -> Watchdog:
+    return Watchdog(timeout_s=t.watchdog_timeout_s, factor=t.watchdog_step_factor, min_s=t.watchdog_min_s,
+                    exit_on_hang=t.watchdog_exit, report_dir=run_dir, process_index=jax.process_index())
+
+
+def write_run_files(spec: TrainSpec, tokenizer, start_step: int) -> None:
+    """config.json (the resolved config; a resumed run with changed settings keeps the old file beside it) and
+    tokenizer.json."""
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    new = spec.config.to_json_best_effort(indent=1, sort_keys=True)
+    path = run_dir / ckpt_lib.CONFIG_FILE
+    if path.is_file() and path.read_text() != new:
+        path.rename(run_dir / f"config.before_step{start_step}.json")
+    path.write_text(new)
+    (run_dir / ckpt_lib.TOKENIZER_FILE).write_text(json.dumps(tokenizer.to_dict()))
+
+
+def sample_text(spec: TrainSpec, params, tokenizer, seed: int) -> str | None:
+    """train.sample_tokens tokens after train.sample_prompt (`gpt2jax.generation.generate.continue_text`), or None when
+    sampling is off. Single-process only: process 0 samples alone, and a program over multi-process params needs
+    them all."""
+    if spec.sampling is None or jax.process_count() > 1:
+        return None
+    from gpt2jax.generation.generate import GenerationError, continue_text
+
+    t = spec.train
+    try:
+        return continue_text(spec.model, params, tokenizer, t.sample_prompt, t.sample_tokens,
+                             spec.sampling.replace(seed=seed))
+    except GenerationError as e:
+        return f"(no sample: {e})"
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs, built by `start_run` before the first step; the loop changes state and step."""
+    spec: TrainSpec
+    tokenizer: object
+    val_split: object
+    train_loader: Loader
+    layout: StateLayout  # mesh, rules, shardings
+    fns: dict  # compiled: "step", and "multi" for several steps per call
+    eval_fn: object  # (params, val_batches) -> (eval_batches,) batch means
+    val_batches: jax.Array  # the fixed val batches, (eval_batches, 1, B, T+1)
+    ckpts: ckpt_lib.Checkpoints
+    logger: metrics_lib.MetricsLogger
+    say: object
+    lead: bool
+    start: int
+    state: dict
+    compile_s: float
+    peak: float | None
+    step: int = 0
+    last: dict = dataclasses.field(default_factory=lambda: dict(loss=None, val_loss=None))
+    nonfinite: metrics_lib.NonfiniteTally = dataclasses.field(default_factory=metrics_lib.NonfiniteTally)
+    clock: metrics_lib.RunClock = dataclasses.field(default_factory=metrics_lib.RunClock)  # summary's time_s
+
+    def evaluate(self, step: int) -> float:
+        """Mean loss over the fixed val batches (one call), logged as an eval record."""
+        with activation_context(self.layout.mesh, self.layout.rules):
+            val_loss = float(np.mean(host(self.eval_fn(self.state["params"], self.val_batches))))
+        self.last["val_loss"] = val_loss
+        self.logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=metrics_lib.perplexity(val_loss)))
+        return val_loss
+
+    def sample(self, step: int) -> str | None:
+        """A sample from the current params (process 0 only; None when sampling is off)."""
+        return sample_text(self.spec, self.state["params"], self.tokenizer, seed=step) if self.lead else None
+
+    def save(self, step: int, val_loss: float | None) -> None:
+        meta = ckpt_lib.checkpoint_meta(step, self.spec.model, self.tokenizer, self.spec.config.seed,
+                                        self.spec.rows_per_step)
+        self.ckpts.save(step, self.state["params"], train_items(self.state), meta, val_loss)
+
+
+def open_run_dir(spec: TrainSpec, tokenizer, stack: contextlib.ExitStack, say) -> ckpt_lib.Checkpoints:
+    """Lock the run dir (process 0) before anything in it is read or changed; its checkpoints, checked."""
+    t = spec.train
+    if jax.process_index() == 0:
+        lock = stack.enter_context(RunDirLock(spec.run_dir))
+        if lock.stale:
+            say(f"note: took over the lock of a process that is gone ({lock.stale})")
+    ckpts = ckpt_lib.Checkpoints(spec.run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
+                                 async_save=t.async_checkpoint, log=say)
+    check_run_dir(spec, tokenizer, ckpts)
+    return ckpts
+
+
+def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[dict, object, float]:
+    """The train step(s) and the eval step, compiled under the mesh from abstract shapes; the memory check stops
+    an impossible fit before any state is allocated. -> (fns, eval_fn, compile seconds)."""
+    mesh, context = layout.mesh, lambda: activation_context(layout.mesh, layout.rules)
+    t_compile = time.time()
+    with context():
+        fns = compile_steps(layout, schedule, spec.train.steps_per_call, spec.batch_shape, context)
+        batch_loss = make_batch_loss(spec.model)
+        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs),
+                          in_shardings=(layout.shardings["params"], layout.stacked_batch),
+                          out_shardings=replicated(mesh))
+    compile_s = time.time() - t_compile
+    say(check_step_fits(fns.get("multi") or fns["step"], mesh.devices.flat))  # stops here if it cannot fit
+    return fns, eval_fn, compile_s
+
+
+def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say) -> tuple[int, dict]:
+    """(start step, state): the newest checkpoint that verifies, else a fresh state (with init_from's params)."""
+    start, state = restore_state(ckpts, layout, spec.train.checkpoint_fallback, say)
+    if state is not None:
+        ignored = f" (init_from={spec.config.init_from!r} ignored)" if spec.config.init_from else ""
+        say(f"resumed {spec.run_dir} at step {start}{ignored}")
+        return start, state
+    state = layout.create(spec.config.seed)
+    if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
+        state["params"] = jax.device_put(init[0], layout.shardings["params"])
+        say(f"initialised from {init[1]['resolved']} ({init[1]['position_surgery']}); fresh optimizer")
+    return start, state
+
+
+def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> Run:
+    """Steps 1-5 of the module docstring: every input error surfaces before anything compiles."""
+    check_train_config(config)  # the checks that need neither data nor devices come first
+    train_split, val_split = open_data(config)
+    tokenizer = train_split.tokenizer
+    spec = resolve(config, tokenizer)
+    t, seq_len = spec.train, spec.seq_len
+    # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.runtime.hostmem), before JAX
+    # starts its CPU client
+    hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4)
+    lead = jax.process_index() == 0
+    say = tqdm.write if lead else (lambda *_: None)
+    compile_cache.use(t.compilation_cache_dir, say)
+    spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
+    mesh, rules = mesh_and_rules(spec.config, devices)
+    tx, schedule = make_optimizer(spec.optim, spec.model)
+    train_loader = Loader(train_split, seq_len, t.batch_size, t.grad_accum, spec.config.seed)
+    val_loader = Loader(val_split, seq_len, t.eval_batch_size, 1, spec.config.seed)
+    stop.check_startup()
+
+    ckpts = open_run_dir(spec, tokenizer, stack, say)
+    init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
+    if spec.config.init_from and not ckpts.steps():
+        init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
+
+    layout = StateLayout.build(spec.model, tx, mesh, rules)
+    fns, eval_fn, compile_s = compile_run(spec, layout, schedule, say)
+    stop.check_startup()
+    start, state = start_state(spec, layout, ckpts, init, say)
+    stop.check_startup()
+    if lead:
+        write_run_files(spec, tokenizer, start)
+        if init is not None:
+            init_lib.write_record(spec.run_dir, init[1])
+        metrics_lib.rewind_metrics(spec.run_dir, start)
+    val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
+    return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
+               metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead), say, lead, start, state,
+               compile_s, metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops), step=start)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+
+def train(config, devices=None) -> dict:
+    """Train (or resume) the run described by `config`; returns a summary (also written to summary.json).
+
+    devices: the devices of the mesh (default: all); tests pass a subset to compare 1 and 8 devices.
+    SIGTERM/SIGINT stop the run cleanly (gpt2jax.runtime.signals); the run dir is locked while it trains (gpt2jax.runtime.lock).
+    """
+    stop = StopSignals(say=tqdm.write).install()
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop.restore)
+        return _train(config, devices, stop, stack)
+
+
+def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
+    clock = metrics_lib.RunClock()
+    t0 = clock.t0
+    with clock.phase("startup"):
+        run = start_run(config, devices, stop, stack)
+    run.clock = clock
+    spec = run.spec
+    run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
+            f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
+            f"compile {run.compile_s:.1f}s | run dir {spec.run_dir}")
+    loop_s = train_loop(run, stop, stack, t0)
+    final = None
+    if run.step == spec.train.max_steps and spec.train.final_eval:
+        with clock.phase("final"):
+            final = final_eval_and_sample(run)
+    run.logger.close()
+    return write_summary(run, stop, final, loop_s, t0)
+
+
+def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: float) -> float:
+    """Cadence only: step, log, eval + sample, checkpoint; `run.step` counts completed updates (= the next batch's
+    index). Metrics are read one call late, so the device never waits for the host. -> seconds in the loop."""
+    spec, t = run.spec, run.spec.train
+    bar = tqdm(total=t.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (run.lead and t.progress))
+    log = TrainLog(run.logger, bar, t.log_every, spec.end, spec.tokens_per_step,
+                   flops_per_token(spec.model, spec.seq_len), run.peak, t0, run.start, run.last, run.nonfinite)
+    watchdog = stack.enter_context(make_watchdog(t, spec.run_dir))
+    loop_t0 = time.time()
+    stop.in_loop = True  # from here a signal finishes the call and saves
+    try:
+        if t.eval_at_start and run.start == 0:
+            watchdog.beat("eval at step 0")
+            with run.clock.phase("evals"):
+                run.evaluate(0)
+        stopping = False
+        while run.step < spec.end and not stopping:
+            watchdog.beat(f"train step {run.step + 1}")
+            injected_sleep("step", run.step + 1)
+            stopping = train_call(run, stop, log, bar)
+            at_eval = run.step % t.eval_every == 0 or run.step == t.max_steps
+            val_loss = eval_and_sample(run, watchdog) if at_eval else None
+            if run.step % t.checkpoint_every == 0 or run.step == spec.end or stopping:
+                watchdog.beat(f"checkpoint save at step {run.step}")
+                with run.clock.phase("checkpoints"):
+                    run.save(run.step, val_loss)
+        watchdog.beat(f"checkpoint wait at step {run.step}")
+        with run.clock.phase("checkpoints"):
+            run.ckpts.wait()
+    finally:
+        close_loop(run, log, bar, watchdog)
+        stop.in_loop = False
+    return time.time() - loop_t0
+
+
+def train_call(run: Run, stop: StopSignals, log: TrainLog, bar) -> bool:
+    """One compiled call (k steps); metrics are queued and read one call later. -> whether to stop after it."""
+    t, step = run.spec.train, run.step
+    k = multistep.call_length(step, run.spec.end, t.steps_per_call)  # k steps in this call (a multiple-of-k start)
+    if k > 1:
+        run.state, m = run.fns["multi"](run.state, global_batch(run.train_loader, step, run.layout.stacked_batch, k))
+    else:
+        run.state, m = run.fns["step"](run.state, global_batch(run.train_loader, step, run.layout.batch))
+    log.add(step, k, m)
+    run.step = step = step + k
+    bar.update(k)
+    run.ckpts.check()  # a background save that failed stops the run here, in one message
+    boundary = (step % t.eval_every == 0 or step == t.max_steps or step % t.checkpoint_every == 0
+                or step == run.spec.end)
+    stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
+    log.flush(keep_last=not (boundary or stopping))
+    run.nonfinite.check(t.skip_nonfinite, run.ckpts, run.spec.optim.lr)  # at boundaries: nothing non-finite saved
+    return stopping
+
+
+def eval_and_sample(run: Run, watchdog) -> float:
+    """A periodic evaluation on the fixed val batches, printed with a sample (unless the final eval follows,
+    which prints its own)."""
+    watchdog.beat(f"eval at step {run.step}")
+    with run.clock.phase("evals"):
+        val_loss = run.evaluate(run.step)
+    run.say(f"step {run.step}: val loss {val_loss:.4f}, ppl {metrics_lib.perplexity(val_loss):.2f}")
+    final_follows = run.step == run.spec.train.max_steps and run.spec.train.final_eval
+    with run.clock.phase("samples"):
+        text = None if final_follows else run.sample(run.step)
+    if text is not None:
+        run.say("  sample: " + text.replace("\n", "\n  | "))
+    return val_loss
+
+
+def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
+    """After the loop, also while an error propagates: read the last metrics, stop helpers, close checkpoints."""
+    try:
+        log.flush(keep_last=False)
+    except Exception:  # noqa: BLE001 - only while another error propagates
+        pass
+    bar.close()
+    watchdog.stop()
+    try:
+        run.ckpts.close()
+    except SaveError as e:  # only reached while another error propagates: report both
+        run.say(f"error: {e}")
+
+
+def final_eval_and_sample(run: Run) -> dict:
+    """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample."""
+    spec, t = run.spec, run.spec.train
+    final = final_eval(spec.model, run.state["params"], run.val_split, spec.seq_len, t.final_eval_stride,
+                       t.eval_batch_size, run.layout.mesh, run.layout.rules, run.lead and t.progress)
+    run.logger.write(dict(kind="final", step=run.step, **final))
+    run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
+            f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})")
+    if (text := run.sample(run.step)) is not None:
+        run.say("sample:\n" + text)
+    return final
+
+
+def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float, t0: float) -> dict:
+    spec, step = run.spec, run.step
+    summary = dict(run_dir=str(spec.run_dir), start_step=run.start, step=step, max_steps=spec.train.max_steps,
+                   stopped_early=step < spec.train.max_steps, stopped_by=stop.requested,
+                   nonfinite_steps=run.nonfinite.count, params=param_count(spec.model), loss=run.last["loss"],
+                   val_loss=run.last["val_loss"], final=final, compile_s=run.compile_s)
+    summary.update(compute_summary(spec.model, spec.seq_len, spec.tokens_per_step, step, step - run.start, loop_s,
+                                   time.time() - t0, run.peak))
+    summary["time_s"] = run.clock.summary(loop_s)
+    run.say(metrics_lib.RunClock.line(summary["time_s"]))
+    if run.lead:
+        if spec.train.plot:
+            metrics_lib.plot_losses(spec.run_dir)
+        (spec.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, progress) -> dict:
+    """Per-token NLL of the whole val split: the evaluation suite's sliding windows and `Scorer`."""
+    from gpt2jax.eval.scoring import Scorer
+    from gpt2jax.eval.windows import sliding_window_nll
+
+    scorer = Scorer(cfg, params, batch_size, mesh=mesh, rules=rules)
+    nll = sliding_window_nll(scorer.nll_fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
+                             progress="final val" if progress else False)
+    loss = float(nll.mean())
+    return dict(val_loss=loss, val_ppl=metrics_lib.perplexity(loss), tokens=int(nll.size), n_ctx=n_ctx, stride=stride)
