@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpt2jax.metrics import cpu_description  # noqa: E402
+from gpt2jax.training.metrics import cpu_description  # noqa: E402
 from bench_train import alternate_blocks, command_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 from gpt2jax.model import ATTENTION_BLOCK, blocked_causal_attention  # noqa: E402
 

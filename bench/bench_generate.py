@@ -3,7 +3,7 @@
     python bench/bench_generate.py                          # 124M shape, batch 1 and 8, 128 new tokens, greedy
     python bench/bench_generate.py --batch_sizes 1 --repeats 5 --prompt_len 64
 
-Both sides decode the same random GPT-2 weights (gpt2jax's init, exported with gpt2jax.hf.export_hf) greedily from
+Both sides decode the same random GPT-2 weights (gpt2jax's init, exported with gpt2jax.weights.hf.export_hf) greedily from
 the same random prompts, never stopping early. The two run alternately in one process, so machine load affects
 both alike; the load average is recorded with every measurement. gpt2jax's compile time is measured separately
 and excluded from its tokens/s (transformers' first call is a warm-up too). Also reported: whether both sides
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gpt2jax.config import GPTConfig  # noqa: E402
-from gpt2jax.generate import GREEDY, generate  # noqa: E402
-from gpt2jax.hf import export_hf  # noqa: E402
+from gpt2jax.generation.generate import GREEDY, generate  # noqa: E402
+from gpt2jax.weights.hf import export_hf  # noqa: E402
 from gpt2jax.model import init_params, param_count  # noqa: E402
 
 

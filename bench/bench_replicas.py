@@ -1,4 +1,4 @@
-"""Speed of S seeds as one vmapped program (gpt2jax.replicas) against S separate runs of the same step.
+"""Speed of S seeds as one vmapped program (gpt2jax.training.replicas) against S separate runs of the same step.
 
     python bench/bench_replicas.py [--seeds 4] [--steps 30] [--rounds 3]
 
@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2jax.config import GPTConfig
-from gpt2jax.optim import make_optimizer
-from gpt2jax.sharding import activation_context, make_mesh, param_shardings
-from gpt2jax.state import initial_state
-from gpt2jax.train import make_train_step
-from gpt2jax.train_config import base_config
+from gpt2jax.training.optim import make_optimizer
+from gpt2jax.model.sharding import activation_context, make_mesh, param_shardings
+from gpt2jax.training.state import initial_state
+from gpt2jax.training.loop import make_train_step
+from gpt2jax.training.schema import base_config
 
 SHAPES = {  # name: (n_layer, n_embd, n_head, batch, seq_len)
     "tiny 2x64 B8 T32": (2, 64, 4, 8, 32),

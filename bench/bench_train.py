@@ -22,10 +22,10 @@ Both sides train the same shapes from the same initial weights (gpt2jax's init c
 random batches with the same AdamW hyper-parameters. After a warm-up call each and one untimed round, the two
 alternate, --repeats times, each timed run with its page faults; the statistic is the median. On a CPU the parts
 run in two processes, char and full in one, 124m, score and gemm in the other, each with the host memory policy
-that `gpt2jax.train` picks for its shapes (`gpt2jax.hostmem`: freed memory kept for the large ones); torch shares
+that `gpt2jax.train` picks for its shapes (`gpt2jax.runtime.hostmem`: freed memory kept for the large ones); torch shares
 the process and its policy. MFU = (6 N + 12 L T C) tokens/s / peak (N: parameters without position
 embeddings; forward-only scoring uses a third of that); the peak is the measured float32 matmul FLOP/s of this
-CPU (`gpt2jax.metrics.measure_cpu_flops`, again before every part) or the bf16 datasheet number of the GPU. Memory: ours is what the
+CPU (`gpt2jax.training.metrics.measure_cpu_flops`, again before every part) or the bf16 datasheet number of the GPU. Memory: ours is what the
 compiled step needs (`compiled.memory_analysis()`), torch's is its allocator peak on GPU and the growth of the
 process's peak RSS on CPU. Writes <out_dir>/train.json and train.md and prints the table.
 """
@@ -52,16 +52,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gpt2jax import hostmem  # noqa: E402
-from gpt2jax import metrics as metrics_lib  # noqa: E402
-from gpt2jax import multistep  # noqa: E402
+from gpt2jax.runtime import hostmem  # noqa: E402
+from gpt2jax.training import metrics as metrics_lib  # noqa: E402
+from gpt2jax.training import multistep  # noqa: E402
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
-from gpt2jax.memory import StepMemory  # noqa: E402
+from gpt2jax.training.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
-from gpt2jax.optim import make_optimizer  # noqa: E402
-from gpt2jax.sharding import DEFAULT_RULES, activation_context, make_mesh  # noqa: E402
-from gpt2jax.state import StateLayout  # noqa: E402
-from gpt2jax.train import compile_steps, parse_config  # noqa: E402
+from gpt2jax.training.optim import make_optimizer  # noqa: E402
+from gpt2jax.model.sharding import DEFAULT_RULES, activation_context, make_mesh  # noqa: E402
+from gpt2jax.training.state import StateLayout  # noqa: E402
+from gpt2jax.train import parse_config  # noqa: E402
+from gpt2jax.training.loop import compile_steps
 
 PARTS = ("char", "124m", "score", "full", "gemm", "gpu")
 ENV_THAT_MATTERS = ("XLA_FLAGS", hostmem.ENV)  # written into the results' command line
@@ -373,7 +374,7 @@ def score_part(args, peak, threads):
     import transformers
 
     from gpt2jax.eval.scoring import Scorer
-    from gpt2jax.hf import export_hf
+    from gpt2jax.weights.hf import export_hf
     from gpt2jax.model import init_params
 
     cfg = GPTConfig.preset("gpt2") if not args.toy else GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=128)
@@ -649,7 +650,7 @@ def write_results(out: Path, stem: str, meta: dict, rows: list) -> None:
                                     f"\n\n{json.dumps(meta)}\n\n{results_text(rows)}\n")
 
 
-# gpt2jax.train decides its host memory policy per run (gpt2jax.hostmem: "auto" keeps freed memory for large
+# gpt2jax.train decides its host memory policy per run (gpt2jax.runtime.hostmem: "auto" keeps freed memory for large
 # shapes only) before JAX starts; a process can only do it once, before its first computation. So on a CPU the
 # parts run in two processes, each with the policy gpt2jax.train would pick for its shapes; torch shares it.
 SMALL_PARTS, LARGE_PARTS = ("char", "full"), ("124m", "score", "gemm")
@@ -731,8 +732,8 @@ def main(argv=None) -> int:
                 machine=platform.processor() or platform.machine(), cpu=metrics_lib.cpu_description(),
                 jax=jax.__version__, torch=torch.__version__,
                 peak_flops=peak,
-                peak_source="measured fp32 matmul (gpt2jax.metrics.measure_cpu_flops), again before every part "
-                "(its row's peak_flops)" if not gpu else "bf16 datasheet (gpt2jax.metrics.PEAK_FLOPS_BY_KIND)",
+                peak_source="measured fp32 matmul (gpt2jax.training.metrics.measure_cpu_flops), again before every part "
+                "(its row's peak_flops)" if not gpu else "bf16 datasheet (gpt2jax.training.metrics.PEAK_FLOPS_BY_KIND)",
                 mfu_formula="(6 N + 12 L T C) tokens/s / peak; forward-only: a third", repeats=args.repeats,
                 statistic="median", torch_threads=args.torch_threads, load_start=load(), toy=args.toy,
                 host_malloc=host_malloc, command=command_line(argv))

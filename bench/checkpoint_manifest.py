@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gpt2jax.checkpoint import Checkpoints, check_files, file_digests
+from gpt2jax.weights.checkpoint import Checkpoints, check_files, file_digests
 from gpt2jax.config import GPTConfig
 from gpt2jax.model import init_params
 

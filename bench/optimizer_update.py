@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from gpt2jax.hostmem import keep_freed_memory
+from gpt2jax.runtime.hostmem import keep_freed_memory
 
 keep_freed_memory()  # as gpt2jax.train does for GPT-2 sizes on a CPU, before JAX starts
 
@@ -22,8 +22,8 @@ import optax  # noqa: E402
 
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
 from gpt2jax.model import init_params  # noqa: E402
-from gpt2jax.optim import decay_mask, lr_schedule, make_optimizer  # noqa: E402
-from gpt2jax.train_config import base_config  # noqa: E402
+from gpt2jax.training.optim import decay_mask, lr_schedule, make_optimizer  # noqa: E402
+from gpt2jax.training.schema import base_config  # noqa: E402
 
 SHAPES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=GPT2_PADDED_VOCAB_SIZE),
           "small": dict(n_layer=4, n_head=4, n_embd=128, n_positions=64, vocab_size=65)}

@@ -107,7 +107,7 @@ def _flatten(tree, prefix=""):
 
 
 def get_lr(it: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
-    """nanoGPT's get_lr (the same function as gpt2jax.optim.lr_schedule)."""
+    """nanoGPT's get_lr (the same function as gpt2jax.training.optim.lr_schedule)."""
     if it < warmup:
         return lr * (it + 1) / (warmup + 1)
     ratio = min(max((it - warmup) / (decay - warmup), 0.0), 1.0)
@@ -188,13 +188,13 @@ def full_reference_run(config, data_dir, out_dir) -> dict:
     (get_batch), loss read every log_every steps, an eval of eval_batches val batches + a 100-token sample + a
     checkpoint (torch.save) every eval_every steps, then the whole val split scored with the same sliding windows as
     gpt2jax's final eval and a last sample. Returns wall time, losses, and time_s: seconds per phase, clocked
-    as gpt2jax.train clocks its own (gpt2jax.metrics.RunClock, summary.json's time_s)."""
+    as gpt2jax.train clocks its own (gpt2jax.training.metrics.RunClock, summary.json's time_s)."""
     import time
     from pathlib import Path
 
     from gpt2jax.data.shards import open_split
     from gpt2jax.eval.windows import sliding_window_nll
-    from gpt2jax.metrics import RunClock
+    from gpt2jax.training.metrics import RunClock
 
     clock = RunClock()
     t, T = config.train, config.data.seq_len
