@@ -20,7 +20,7 @@
 #   5. 355M at batch 16 vs torch;
 #   6. the AdamW update alone, three forms (bench/optimizer_update.py: optim.adamw_or_skip vs optax.adamw).
 # The rolled-scan variant and the XLA flag variants (Triton GEMMs off, latency-hiding scheduler) of earlier calls
-# are gone: measured in two and three calls, they settled the defaults (docs/training.md, Throughput).
+# are gone: measured in two and three calls, they settled the defaults (bench/results/HISTORY.md, section 2).
 # Everything lands in $OUT/results.tgz (the device tool returns at most 8 files) plus $OUT/gpu_check.log.
 #
 # Before the device call, from the repo root (the GPU machine's Python 3.12 lacks these two; see
