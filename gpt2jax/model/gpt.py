@@ -112,7 +112,7 @@ def attention_impl(cfg: GPTConfig, dtype, has_mask: bool = False) -> str:
 # Query rows per block of `blocked_causal_attention`, from bench/attention.py on the CPU (32, 64, 128, 256 tried):
 # 64 and 128 alike at T=256 forward and backward (each ahead in one of two runs; 26.3 vs 28.5 ms on an AVX2 EPYC),
 # 128 fastest at T=1024 forward; contexts up to 128 are one block (32-row blocks are faster alone at T=64, 1.35
-# vs 2.04 ms, but the char training step was the same with them, 43.2 vs 43.1 ms: docs/training.md).
+# vs 2.04 ms, but the char training step was the same with them, 43.2 vs 43.1 ms: bench/results/HISTORY.md).
 ATTENTION_BLOCK = 128
 
 

@@ -10,7 +10,7 @@ compute dtype. The backward pass, from the saved normalised input x_hat and 1/si
 Autodiff of flax's LayerNorm compiles on XLA:CPU to 13 ops for one LayerNorm's forward and backward, among them
 two (rows, C) broadcasts of the scale and of 1/sigma; this is 9. On this 2-core CPU the char baby GPT's training
 step is 4% faster with it (36.1 against 37.6 ms, faster in 7 of 7 alternating pairs: `python bench/bench_train.py
---only char,124m --no_ref --ours_variants layer_norm=autodiff`, docs/training.md), the 124M B4xT256 step 0-3%
+--only char,124m --no_ref --ours_variants layer_norm=autodiff`, bench/results/HISTORY.md), the 124M B4xT256 step 0-3%
 (within noise). On a GPU XLA fuses either form into a few kernels; `auto` keeps flax's there until a GPU run of
 bench/bench_train.py (`--ours_variants layer_norm=manual`) says otherwise.
 """
