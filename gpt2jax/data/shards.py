@@ -11,7 +11,9 @@ Three on-disk formats, all little-endian uint16 tokens (GPT-2's 50,257 ids fit i
 
 Readers memory-map the file, so opening a shard costs nothing and only the rows a host reads are paged in.
 A dataset directory is opened with `open_split(dir, split)`:
-  - ours: `meta.json` (written by `gpt2jax.data.prepare`) lists the shards of each split and the tokenizer;
+  - ours: `meta.json` (written last, atomically, by `gpt2jax.data.prepare`) lists the shards of each split and the
+    tokenizer. A directory with our shards but no meta.json (a prepare that was killed or is still running; its
+    progress file `prepare.progress.json` says so) is refused: rerunning the prepare resumes it;
   - nanoGPT: `<split>.bin` (+ optional `meta.pkl` with a char vocabulary, else GPT-2 BPE);
   - llm.c: `*_<split>*.bin` files with the llm.c magic (GPT-2 BPE).
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +42,8 @@ FINGERPRINT_SLICE = slice(4, 20)  # 16 int32 words = 64 bytes
 NANOGPT_NAMES = ("train.bin", "val.bin")
 META_FILE = "meta.json"
 META_FORMAT = "gpt2jax-shards"
+PROGRESS_FILE = "prepare.progress.json"  # present while a prepare is unfinished (see gpt2jax.data.prepare)
+SHARD_NAME = re.compile(r"^(train|val)_\d{6}\.bin$")
 TOKEN_DTYPE = np.dtype("<u2")
 
 
@@ -71,6 +77,11 @@ def write_llmc_shard(path: str | Path, tokens: np.ndarray) -> None:
     with open(path, "wb") as f:
         f.write(header.tobytes())
         f.write(np.asarray(tokens).astype(TOKEN_DTYPE).tobytes())
+
+
+def shard_names(data_dir: Path, split: str) -> list[Path]:
+    """The `<split>_NNNNNN.bin` files `gpt2jax.data.prepare` writes, sorted."""
+    return sorted(p for p in Path(data_dir).glob(f"{split}_*.bin") if SHARD_NAME.match(p.name))
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
@@ -200,10 +211,12 @@ def open_split(data_dir: str | Path, split: str, expected_tokenizer: str = "") -
         raise DataError(f"data directory {data_dir} does not exist. {prepare_hint(data_dir)}")
     meta_path = data_dir / META_FILE
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != META_FORMAT:
-            raise DataError(f"{meta_path} is not a gpt2jax dataset description (format {meta.get('format')!r})")
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        meta = read_meta(meta_path)
+        try:
+            tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        except (ValueError, KeyError, TypeError) as e:  # TokenizerError is a ValueError
+            raise DataError(f"{meta_path} records an unusable tokenizer ({e}); rebuild the dataset with "
+                            f"`python -m gpt2jax.data.prepare ... --out {data_dir} --overwrite`") from None
         if tokenizer.fingerprint != meta["fingerprint"]:
             raise DataError(
                 f"{meta_path} records tokenizer fingerprint {meta['fingerprint']!r} but its tokenizer now has "
@@ -223,6 +236,8 @@ def open_split(data_dir: str | Path, split: str, expected_tokenizer: str = "") -
             shards.append(tokens)
             infos.append(info)
         result = TokenSplit(split, shards, infos, tokenizer, entry.get("max_token_id"))
+    elif (data_dir / PROGRESS_FILE).is_file() or _has_our_shards(data_dir):
+        raise DataError(unfinished_message(data_dir))
     elif (data_dir / f"{split}.bin").is_file():
         tokens, info = read_shard(data_dir / f"{split}.bin")
         result = TokenSplit(split, [tokens], [info], _nanogpt_tokenizer(data_dir))
@@ -244,8 +259,69 @@ def open_split(data_dir: str | Path, split: str, expected_tokenizer: str = "") -
     return result
 
 
+def _has_our_shards(data_dir: Path) -> bool:
+    """Any *.bin with the gpt2jax magic: only `prepare` writes those, and it writes meta.json last."""
+    for p in data_dir.glob("*.bin"):
+        try:
+            with open(p, "rb") as f:
+                if np.frombuffer(f.read(4).ljust(4, b"\0"), "<i4")[0] == MAGIC:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def unfinished_message(data_dir: Path) -> str:
+    command = "the same `python -m gpt2jax.data.prepare ...` command"
+    try:
+        recorded = json.loads((data_dir / PROGRESS_FILE).read_text(encoding="utf-8")).get("command")
+        if isinstance(recorded, list) and recorded and all(isinstance(a, str) for a in recorded):
+            command = "`" + " ".join(recorded) + "`"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"data directory {data_dir} holds an unfinished prepare (its shards are incomplete and it has no "
+            f"{META_FILE}: killed, or still running); rerun {command} to resume it")
+
+
+def _meta_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    if meta.get("format") != META_FORMAT:
+        return f"format {meta.get('format')!r}, not {META_FORMAT!r}"
+    if not isinstance(meta.get("tokenizer"), dict) or not isinstance(meta.get("fingerprint"), str):
+        return "no tokenizer"
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        return "no splits"
+    for name, entry in splits.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("file"), str) and "/" not in s["file"]
+                and isinstance(s.get("tokens"), int) for s in shards):
+            return f"split {name!r} has no valid shard list"
+    return None
+
+
+def read_meta(meta_path: Path) -> dict:
+    """meta.json, checked: a half-written, binary or hand-broken file is one DataError naming the fix."""
+    fix = (f"rebuild the dataset with `python -m gpt2jax.data.prepare ... --out {meta_path.parent} --overwrite`")
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{meta_path} is not UTF-8 text (byte {e.start}; damaged?); {fix}") from None
+    except ValueError as e:
+        raise DataError(f"{meta_path} is not valid JSON ({e}; cut short or damaged?); {fix}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {meta_path} ({e.strerror or e}); {fix}") from None
+    problem = _meta_problem(meta)
+    if problem is not None:
+        raise DataError(f"{meta_path} is not a gpt2jax dataset description ({problem}); {fix}")
+    return meta
+
+
 def write_meta(out_dir: Path, tokenizer, splits: dict[str, Sequence[dict]], source: dict) -> dict:
-    """Write meta.json. splits: name -> list of {"file", "tokens", "max_token_id"} in order."""
+    """Write meta.json atomically (a temporary file, synced, then renamed): its presence marks a finished dataset.
+    splits: name -> list of {"file", "tokens", "max_token_id"} in order."""
     meta = {
         "format": META_FORMAT,
         "version": VERSION,
@@ -262,5 +338,10 @@ def write_meta(out_dir: Path, tokenizer, splits: dict[str, Sequence[dict]], sour
         },
         "source": source,
     }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=1))
+    tmp = Path(out_dir) / (META_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(out_dir) / META_FILE)
     return meta
