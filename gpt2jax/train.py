@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 
+from gpt2jax import shipped
 from gpt2jax.errors import DataError, run_cli
 from gpt2jax.runtime import hostmem
 from gpt2jax.training.loop import __doc__ as LOOP_DOC
@@ -31,7 +32,7 @@ def parse_config(argv: list[str]):
 
     from gpt2jax.config import ConfigError
 
-    check_config_file(argv)
+    argv = check_config_file(argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,
                                     lock_config=True, sys_argv=argv)
@@ -48,25 +49,36 @@ def parse_config(argv: list[str]):
     except (SyntaxError, ImportError) as e:
         raise ConfigError(f"the config file cannot be loaded: {type(e).__name__}: {e}") from None
     if config is None:
-        raise SystemExit("usage: python -m gpt2jax.train --config configs/<name>.py [--config.<field>=<value> ...]\n"
-                         "configs: " + ", ".join(sorted(p.name for p in Path("configs").glob("*.py"))))
+        raise SystemExit("usage: python -m gpt2jax.train --config <name or file.py> [--config.<field>=<value> ...]\n"
+                         f"shipped configs (--config <name>; the files are in {shipped.configs_dir()}):\n"
+                         + shipped.describe_configs())
     return config
 
 
-def check_config_file(argv: list[str]) -> None:
-    """The --config value must be an existing Python file with get_config() (ml_collections defers the error)."""
+def check_config_file(argv: list[str]) -> list[str]:
+    """The --config value must be an existing Python file with get_config() (ml_collections defers the error), or
+    the name of a shipped config (`--config gpt2[:variant]`, gpt2jax/configs/), which is replaced by its path.
+    -> argv with names replaced."""
     from gpt2jax.config import ConfigError
 
-    for i, a in enumerate(argv):
+    argv, i = list(argv), 0
+    while i < len(argv):
+        a = argv[i]
         if a == "--config" or a.startswith("--config="):
             value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            path = Path(value.split(":")[0])
+            name, colon, variant = value.partition(":")
+            path = Path(name)
+            if not path.is_file() and "/" not in name and (found := shipped.shipped_config(name)) is not None:
+                path, value = found, f"{found}{colon}{variant}"
+                argv[i:i + 1 + ("=" not in a)] = [f"--config={value}"]
             if not path.is_file():
-                raise ConfigError(f"--config {value!r}: no such file (or a directory); pass a config file, e.g. "
-                                  "configs/default.py")
+                raise ConfigError(f"--config {value!r}: no such file (or a directory), and no shipped config of that "
+                                  f"name; pass a config file or one of {', '.join(shipped.shipped_configs())}")
             if "def get_config" not in path.read_text(errors="replace"):
                 raise ConfigError(f"--config {path} defines no get_config(); pass a config file such as "
                                   "configs/default.py")
+        i += 1
+    return argv
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(__doc__)
         print(LOOP_DOC)
+        print(f"Shipped configs (--config <name>[:variant], or --config <your file.py>; in {shipped.configs_dir()}):")
+        print(shipped.describe_configs() + "\n")
         print("Config fields (override any with --config.<section>.<field>=value):")
         from gpt2jax.training.schema import base_config
 

@@ -24,7 +24,7 @@ from gpt2jax.weights.hf import export_hf
 from gpt2jax.model import init_params
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "README.md", "requirements.txt", "gpt2jax", "data"]
+SOURCES = ["pyproject.toml", "README.md", "requirements.txt", "gpt2jax", "data", "configs"]
 
 
 def run(cmd, cwd, env=None, timeout=300):
@@ -93,11 +93,17 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     corpus = run([python, "-m", "gpt2jax.shipped", "tinyshakespeare.txt"], cwd=work, env=env).strip()
     run([python, "-m", "gpt2jax.data.prepare", "--input", corpus, "--out", "prepared", "--tokenizer", "char"],
         cwd=work, env=env)
-    shutil.copy(REPO / "configs" / "tiny_test.py", work / "tiny.py")  # a user's own config file
-    run([python, "-m", "gpt2jax.train", "--config", "tiny.py", "--config.data.dir=prepared",
+    # the shipped configs: listed by --help, trained by name from the installed package
+    listing = run([python, "-m", "gpt2jax.train", "--help"], cwd=work, env=env)
+    assert "  tiny_test " in listing and "  gpt2 " in listing
+    run([python, "-m", "gpt2jax.train", "--config", "tiny_test", "--config.data.dir=prepared",
          "--config.run_root=runs", "--config.train.max_steps=6", "--config.optim.warmup_steps=2"], cwd=work, env=env)
     summary = json.loads((work / "runs" / "tiny_test" / "summary.json").read_text())
     assert summary["step"] == 6 and summary["loss"] < 4.5  # 65 characters: ln 65 = 4.17 at chance
+    shutil.copy(REPO / "configs" / "tiny_test.py", work / "tiny.py")  # a user's own config file, by path
+    own = run([python, "-c", "from gpt2jax.train import parse_config; "
+               "print(parse_config(['train', '--config', 'tiny.py', '--config.name=mine']).name)"], cwd=work, env=env)
+    assert own.split() == ["mine"]
 
 
 def requirement_names(lines):
