@@ -18,9 +18,10 @@ with the same arguments continues from there and writes exactly the tokens an un
 failed or killed rebuild leaves the old dataset whole.
 
 Train/val split (`--split_by`):
-  documents  every round(1/val_fraction)-th document is val, until val holds `--val_tokens` tokens (default
-             5,000,000; nanoGPT holds out ~4.4M tokens of OpenWebText); later documents are all train. A corpus
-             whose val share stays under the cap is split exactly as a plain fraction would split it.
+  documents  every round(1/val_fraction)-th document is val while val holds fewer than `--val_tokens` tokens
+             (counting one separator per document; default 5,000,000, nanoGPT holds out ~4.4M tokens of
+             OpenWebText); later documents are all train. A corpus whose val share stays under the cap is split
+             exactly as before the cap existed.
   tokens     the last val_fraction of the token stream is val (nanoGPT's shakespeare split), at most --val_tokens;
   auto       tokens for a single text file, documents otherwise.
 `--val_tokens 0` removes the cap (val is then val_fraction of the corpus).
@@ -52,7 +53,7 @@ from gpt2jax.data.shards import (HEADER_BYTES, META_FILE, PROGRESS_FILE, TOKEN_D
 from gpt2jax.errors import DataError
 from gpt2jax.tokenizer import CharTokenizer, gpt2_tokenizer, sha256_file, tokenizer_from_dict
 
-CHUNK_CHARS = 1 << 21  # input bytes per worker job (a block of jsonl lines, a piece of a large text file)
+CHUNK_CHARS = 1 << 20  # input bytes per worker job (a block of jsonl lines, a piece of a large text file)
 DEFAULT_VAL_TOKENS = 5_000_000
 DISK_ROWS = 1024  # rows per job for a dataset saved to disk
 COMMIT_SECONDS = 1.0  # how often the progress file is rewritten
@@ -552,7 +553,8 @@ class Prepare:
             for p in shard_names(out, "train") + shard_names(out, "val"):
                 p.unlink()
             progress = {"version": PROGRESS_VERSION, "settings": settings, "command": command, "phase": "stream",
-                        "jobs_done": 0, "docs": 0, "last_split": None, "seen": {"train": False, "val": False},
+                        "jobs_done": 0, "docs": 0, "val_counted": 0, "last_split": None,
+                        "seen": {"train": False, "val": False},
                         "streams": {"train": None, "val": None}}
             (out / META_FILE).unlink(missing_ok=True)
             _write_json_atomic(out / PROGRESS_FILE, progress)
@@ -628,10 +630,11 @@ def _stream(prep: Prepare, streams: dict, jobs_fn, workers: int, total: int | No
             if by_docs:
                 is_val = is_val_document(doc_ids, f) & starts
                 if cap and is_val.any():  # the val candidates that fit under the cap: a prefix of them
-                    before = streams["val"].n_tokens + np.cumsum(np.where(is_val, lens, 0)) - np.where(is_val, lens, 0)
-                    is_val &= before < cap
+                    val_lens = np.where(is_val, lens, 0)
+                    is_val &= p["val_counted"] + np.cumsum(val_lens) - val_lens < cap
                 if not first and len(lens):
                     is_val[0] = p["last_split"] == "val"
+                p["val_counted"] += int(lens[is_val].sum())
             else:
                 is_val = np.zeros(len(lens), bool)
             for split, mask in (("train", ~is_val), ("val", is_val)):
@@ -837,10 +840,10 @@ def prepare_files(files: list[Path], out: Path, tokenizer: str = "gpt2", val_fra
 
 def prepare_dataset(ds, out: Path, description: dict, jobs_fn, tokenizer: str, val_fraction: float,
                     split_by: str, shard_tokens: int, workers: int, val_tokens: int, overwrite: bool,
-                    command: list[str]) -> dict:
+                    command: list[str], block: int = DISK_ROWS) -> dict:
     if split_by == "auto":
         split_by = "tokens" if len(ds) == 1 else "documents"
-    settings = _settings(tokenizer, val_fraction, val_tokens, split_by, shard_tokens, DISK_ROWS,
+    settings = _settings(tokenizer, val_fraction, val_tokens, split_by, shard_tokens, block,
                          {**description, "rows": len(ds)})
     source = {**description, "val_fraction": val_fraction, "val_tokens": val_tokens, "split_by": split_by}
     return run_prepare(Path(out), settings, make_tokenizer_fn(tokenizer, jobs_fn, workers), jobs_fn, workers,
@@ -866,6 +869,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--split_by", choices=("auto", "tokens", "documents"), default="auto")
     ap.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard file (200 MB)")
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--block_bytes", type=int, default=CHUNK_CHARS,
+                    help="input bytes per worker job (default 1 MiB; part of what a resume must match)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing prepared dataset in --out (built beside it, swapped in at the end)")
     args = ap.parse_args(argv)
@@ -876,6 +881,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: --out {out} is a file; give a directory for the prepared dataset")
     if args.workers < 0:
         raise SystemExit(f"error: --workers must be >= 0, got {args.workers}")
+    if args.block_bytes < 1:
+        raise SystemExit(f"error: --block_bytes must be >= 1, got {args.block_bytes}")
     if (out / META_FILE).exists() and not (out / PROGRESS_FILE).exists() and not args.overwrite:
         raise SystemExit(f"error: {out} already holds a prepared dataset ({META_FILE}); "
                          "pass --overwrite to replace it or choose another --out")
@@ -884,7 +891,7 @@ def main(argv: list[str] | None = None) -> dict:
                   overwrite=args.overwrite, command=command)
     if args.input:  # every input is checked before anything in --out is touched
         meta = prepare_files(expand_inputs(args.input, args.glob, args.text_field), out,
-                             text_field=args.text_field, **common)
+                             text_field=args.text_field, max_chars=args.block_bytes, **common)
     elif args.load_from_disk:
         ds = load_disk_dataset(args.load_from_disk, args.hf_split, args.text_field)
         path = str(Path(args.load_from_disk).resolve())
@@ -895,10 +902,10 @@ def main(argv: list[str] | None = None) -> dict:
         meta = prepare_dataset(ds, out, description, jobs_fn, **common)
     else:
         ds = load_hf_dataset(args.hf_dataset, args.hf_config, args.hf_split, args.text_field)
-        jobs_fn = lambda: text_jobs((row[args.text_field] for row in ds), CHUNK_CHARS)  # noqa: E731
+        jobs_fn = lambda: text_jobs((row[args.text_field] for row in ds), args.block_bytes)  # noqa: E731
         description = {"hf_dataset": args.hf_dataset, "hf_config": args.hf_config, "hf_split": args.hf_split,
                        "text_field": args.text_field}
-        meta = prepare_dataset(ds, out, description, jobs_fn, **common)
+        meta = prepare_dataset(ds, out, description, jobs_fn, block=args.block_bytes, **common)
     for name, s in meta["splits"].items():
         print(f"{name}: {s['tokens']:,} tokens in {len(s['shards'])} shard(s)")
     print(f"wrote {out / META_FILE} (tokenizer {meta['fingerprint']})")
