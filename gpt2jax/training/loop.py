@@ -333,7 +333,7 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     check_train_config(config)  # the checks that need neither data nor devices come first
     train_split, val_split = open_data(config)
     tokenizer = train_split.tokenizer
-    spec = resolve(config, tokenizer)
+    spec = resolve(config, tokenizer, devices)
     t, seq_len = spec.train, spec.seq_len
     # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.runtime.hostmem), before JAX
     # starts its CPU client

@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
         stop_at=0,  # > 0: stop after this step with a checkpoint, as if interrupted (schedule still uses max_steps)
         batch_size=8,  # rows per micro-batch over all devices
         grad_accum=1,  # micro-batches per optimizer step (summed inside the jitted step)
+        # sizing by the devices (gpt2jax.training.spec.resolve_batch): > 0 sets batch_size to this many rows per
+        # data-parallel device, and tokens_per_step > 0 derives grad_accum from it (e.g. 524288 = 512 x 1024)
+        batch_size_per_device=0,
+        tokens_per_step=0,
         steps_per_call=0,  # optimizer steps per compiled call (lax.scan over steps); 0: auto (several for tiny models)
         log_every=10,
         eval_every=100,  # also checkpoints, samples and keeps the best checkpoint at these steps
@@ -110,7 +114,8 @@ def check_train_config(config) -> None:
                  "keep_checkpoints"):
         if int(t[name]) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {t[name]}")
-    for name in ("eval_batch_size", "checkpoint_every", "sample_tokens", "final_eval_stride", "sample_top_k"):
+    for name in ("eval_batch_size", "checkpoint_every", "sample_tokens", "final_eval_stride", "sample_top_k",
+                 "batch_size_per_device", "tokens_per_step"):
         if int(t[name]) < 0:
             raise ConfigError(f"train.{name} must be >= 0 (0: the default), got {t[name]}")
     for name in ("watchdog_timeout_s", "watchdog_step_factor", "watchdog_min_s", "peak_flops"):
@@ -140,6 +145,11 @@ def check_train_config(config) -> None:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"run directory {run_dir}: {path} exists and is not a directory; pick another "
                               "--config.run_root or --config.name")
+
+
+def data_parallel_devices(config, devices=None) -> int:
+    """How many ways the config's mesh splits a batch over `devices` (default: all)."""
+    return data_parallel_size(make_mesh(dict(config.mesh), devices), normalize_rules(config.sharding_rules))
 
 
 def mesh_and_rules(config, devices=None):

@@ -1,8 +1,9 @@
 """A training config, resolved once: `resolve(config, tokenizer) -> TrainSpec`.
 
 Config fields that mean "the default" when 0 (`train.eval_batch_size`, `checkpoint_every`, `final_eval_stride`,
-`steps_per_call`, `optim.decay_steps`, `model.vocab_size`) are decided here and nowhere else; the result is
-frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the whole config with
+`steps_per_call`, `optim.decay_steps`, `model.vocab_size`) and the batch sized by the devices
+(`train.batch_size_per_device`, `tokens_per_step` -> `batch_size`, `grad_accum`) are decided here and nowhere
+else; the result is frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the whole config with
 those fields filled in: it is what `<run_dir>/config.json` records.
 
 Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`mesh` sizes of -1,
@@ -18,11 +19,11 @@ from pathlib import Path
 import ml_collections
 
 from gpt2jax.training import multistep
-from gpt2jax.config import GPTConfig
+from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.generation.generate import Sampling
 from gpt2jax.model import flops_per_token
 from gpt2jax.training.optim import OptimSpec
-from gpt2jax.training.schema import check_train_config, model_config
+from gpt2jax.training.schema import check_train_config, data_parallel_devices, model_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +61,37 @@ class TrainSpec:
         return self.train.grad_accum, self.train.batch_size, self.seq_len + 1
 
 
-def resolve(config, tokenizer) -> TrainSpec:
-    """Check the config and decide every default it leaves open, given the data's tokenizer."""
+def resolve_batch(t, seq_len: int, data_parallel: int) -> None:
+    """train.batch_size_per_device > 0: batch_size = that x the data-parallel devices; train.tokens_per_step > 0:
+    grad_accum = tokens_per_step / (batch_size x seq_len), which must divide exactly. In place on `t`."""
+    if t.batch_size_per_device:
+        t.batch_size = t.batch_size_per_device * data_parallel
+    if not t.tokens_per_step:
+        return
+    if t.grad_accum != 1:
+        raise ConfigError(f"train.tokens_per_step={t.tokens_per_step} and train.grad_accum={t.grad_accum} both set "
+                          "the step's size: keep one (--config.train.tokens_per_step=0 uses grad_accum)")
+    micro = t.batch_size * seq_len
+    if t.tokens_per_step % micro:
+        rows = (f"{t.batch_size_per_device} rows x {data_parallel} devices" if t.batch_size_per_device
+                else f"batch_size {t.batch_size}")
+        fits = [r for r in range(1, t.batch_size_per_device or t.batch_size)
+                if t.tokens_per_step % (r * (data_parallel if t.batch_size_per_device else 1) * seq_len) == 0]
+        fix = (f"use --config.train.{'batch_size_per_device' if t.batch_size_per_device else 'batch_size'}={fits[-1]}"
+               if fits else "change train.tokens_per_step")
+        raise ConfigError(f"train.tokens_per_step={t.tokens_per_step:,} is not a multiple of a micro-batch's "
+                          f"{micro:,} tokens ({rows} x seq_len {seq_len}): {fix}, or set "
+                          "train.tokens_per_step=0 and choose grad_accum")
+    t.grad_accum = t.tokens_per_step // micro
+
+
+def resolve(config, tokenizer, devices=None) -> TrainSpec:
+    """Check the config and decide every default it leaves open, given the data's tokenizer and the devices the
+    run trains on (default: all; only train.batch_size_per_device reads how many ways the mesh splits a batch)."""
     check_train_config(config)
     c = config.copy_and_resolve_references()
     t = c.train
+    resolve_batch(t, c.data.seq_len, data_parallel_devices(c, devices) if t.batch_size_per_device else 1)
     model = model_config(c, tokenizer)
     c.model.vocab_size = model.vocab_size
     t.eval_batch_size = t.eval_batch_size or t.batch_size
