@@ -202,3 +202,43 @@ def test_cli_registers_the_model(harness_runs, tmp_path):
     cli = json.loads(results_file.read_text())["results"]["local_choice"]
     ours = harness_runs["ours"]["results"]["local_choice"]
     assert cli["acc,none"] == ours["acc,none"] and cli["acc_norm,none"] == ours["acc_norm,none"]
+
+
+# ---- the harness extra missing -------------------------------------------------------------------------------------
+
+HARNESS_MISSING_LINE = ('error: gpt2jax-lm-eval needs lm-evaluation-harness, the `harness` extra '
+                        '(No module named \'lm_eval\'); install it with: pip install "gpt2jax[harness]"')
+
+
+@pytest.mark.parametrize("how", ["console_script", "python_m", "python_m_run"])
+def test_without_the_harness_extra_one_error_line(tmp_path, how):
+    """lm_eval made unimportable (a directory first on PYTHONPATH whose `lm_eval` raises as a missing module does):
+    `gpt2jax-lm-eval --help` and a run print one error line naming the extra, exit 2, no traceback."""
+    shadow = tmp_path / "no_lm_eval" / "lm_eval"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'lm_eval'\", name='lm_eval')\n")
+    script = Path(sys.executable).parent / "gpt2jax-lm-eval"
+    if how == "console_script" and not script.exists():
+        pytest.skip("gpt2jax-lm-eval is not installed in this environment")
+    cmd = {"console_script": [str(script), "--help"],
+           "python_m": [sys.executable, "-m", "gpt2jax.eval.harness", "--help"],
+           "python_m_run": [sys.executable, "-m", "gpt2jax.eval.harness", "--model", "gpt2jax", "--model_args",
+                            "init_from=gpt2", "--tasks", "lambada_openai"]}[how]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(REPO)])}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [HARNESS_MISSING_LINE], out.stderr[-3000:]
+    assert out.stdout == ""
+
+
+def test_without_the_harness_extra_from_main():
+    """The same with sys.modules['lm_eval'] = None before main() is imported and called."""
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "from gpt2jax.eval.harness import main\n"
+            "sys.exit(main(['--help']))\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: gpt2jax-lm-eval needs lm-evaluation-harness")
+    assert line.endswith('install it with: pip install "gpt2jax[harness]"')

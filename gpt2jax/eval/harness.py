@@ -20,7 +20,8 @@ the text at the first stop string. Scoring is data parallel over the local devic
 
 model_args: init_from (required), batch_size (rows per forward pass; rounded up to a multiple of the local
 device count; default 8 per device), max_length (default: the model's n_positions), max_gen_toks (default 256),
-dtype (float32 | bfloat16 | float16). Needs the `harness` extra: pip install "gpt2jax[harness]".
+dtype (float32 | bfloat16 | float16). Needs the `harness` extra: pip install "gpt2jax[harness]"; without it the
+CLI prints that in one error line.
 From Python, pass `bootstrap_iters=0` to simple_evaluate (or call
 `multiprocessing.set_start_method("forkserver")` first): lm-eval bootstraps stderrs in a forked pool, and forking
 a process with JAX's threads can deadlock. This module imports lm_eval; nothing else in gpt2jax does.
@@ -53,6 +54,7 @@ from gpt2jax.eval.windows import score_requests
 
 MODEL_NAME = "gpt2jax"
 DEFAULT_MAX_GEN_TOKS = 256
+INSTALL_HINT = 'pip install "gpt2jax[harness]"'
 
 
 def _batch_size(value, n_devices: int) -> int:
@@ -200,6 +202,10 @@ class GPT2JaxLM(TemplateLM):
 
 def main(argv: list[str] | None = None) -> int:
     """lm-eval's CLI with the `gpt2jax` model type registered."""
+    if HARNESS_MISSING is not None:
+        print(f"error: gpt2jax-lm-eval needs lm-evaluation-harness, the `harness` extra ({HARNESS_MISSING}); "
+              f"install it with: {INSTALL_HINT}", file=sys.stderr)
+        return 2
     import multiprocessing
 
     from lm_eval.__main__ import cli_evaluate
@@ -221,5 +227,5 @@ if __name__ == "__main__":
     from gpt2jax.eval.harness import main as registered_main  # the importable module registers the class once
 
     sys.exit(registered_main())
-else:
+elif HARNESS_MISSING is None:
     register_model(MODEL_NAME)(GPT2JaxLM)
