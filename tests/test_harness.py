@@ -204,7 +204,118 @@ def test_cli_registers_the_model(harness_runs, tmp_path):
     assert cli["acc,none"] == ours["acc,none"] and cli["acc_norm,none"] == ours["acc_norm,none"]
 
 
-# ---- the harness extra missing -------------------------------------------------------------------------------------
+# ---- the command line as the README writes it; model_args checked; the harness extra missing ----------------------
+
+@pytest.fixture
+def cli(harness_runs, monkeypatch, capsys):
+    """Run `gpt2jax-lm-eval ARGS` in this process (main(argv)) on the local tasks: lm-eval's TaskManager is told not
+    to index its thousands of built-in task files (~30 s; nothing else changes). Returns (rc, stderr, results)."""
+    import multiprocessing
+
+    import lm_eval.tasks
+    import lm_eval.utils
+
+    from gpt2jax.eval.harness import main
+
+    tm = lm_eval.tasks.TaskManager
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **k: tm(*a, **{**k, "include_defaults": False}))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() rewrites it
+    monkeypatch.setenv("DISABLE_MULTIPROC", "1")  # any bootstrapped stderr in this process, not a forked pool
+    # lm-eval's handler would keep the first test's captured stderr, closed by the next test (logging errors)
+    monkeypatch.setattr(lm_eval.utils, "setup_logging", lambda *a, **k: None)
+    start = multiprocessing.get_start_method(allow_none=True)
+    out_dir = harness_runs["tasks_dir"].parent / "cli_out"
+
+    def run(*args, tasks="local_choice"):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        capsys.readouterr()
+        rc = main(["--model", "gpt2jax", *args, "--tasks", tasks, "--include_path", str(harness_runs["tasks_dir"]),
+                   "--output_path", str(out_dir)])
+        files = list(out_dir.rglob("results_*.json"))
+        return rc, capsys.readouterr().err, (json.loads(files[0].read_text()) if files else None)
+
+    yield run
+    multiprocessing.set_start_method(start, force=True)
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_readme_command_batch_size_in_model_args(cli, harness_runs):
+    """The README's command: batch_size in --model_args and no --batch_size (lm-eval's CLI used to pass its default
+    batch_size=1 beside it: TypeError, multiple values for keyword argument 'batch_size')."""
+    rc, err, results = cli("--model_args", f"init_from={harness_runs['model']},batch_size=16")
+    assert rc == 0, err[-3000:]
+    ours = harness_runs["ours"]["results"]["local_choice"]
+    assert results["results"]["local_choice"]["acc,none"] == ours["acc,none"]
+
+
+@pytest.mark.parametrize("model_args_batch, flag, rows", [
+    (16, None, 16),      # README: --model_args only
+    (None, "32", 32),    # --batch_size only
+    (32, "32", 32),      # both, equal
+    (32, "auto", 32),    # a number wins over 'auto'
+    (None, None, "8 per device"),  # neither
+    (16, "4", None),     # both, different: refused
+])
+def test_batch_size_from_model_args_or_flag(harness_runs, model_args_batch, flag, rows):
+    import jax
+
+    from gpt2jax.config import ConfigError
+    from gpt2jax.eval.harness import GPT2JaxLM
+
+    n = jax.local_device_count()  # rows are rounded up to a multiple of it (8 simulated CPU devices here)
+    rows = 8 * n if rows == "8 per device" else rows and n * -(-rows // n)
+    args = f"init_from={harness_runs['model']}" + (f",batch_size={model_args_batch}" if model_args_batch else "")
+    extra = {"batch_size": flag, "max_batch_size": None, "device": None}  # what simple_evaluate passes
+    if rows is None:
+        with pytest.raises(ConfigError, match=r"batch_size=16 in --model_args and --batch_size 4 disagree"):
+            GPT2JaxLM.create_from_arg_string(args, extra)
+    else:
+        assert GPT2JaxLM.create_from_arg_string(args, extra).batch_size == rows
+        assert GPT2JaxLM.create_from_arg_obj(dict(simple_args(args)), extra).batch_size == rows
+
+
+def simple_args(text: str) -> dict:
+    from lm_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(text)
+
+
+def test_conflicting_batch_sizes_are_one_error_line(cli, harness_runs):
+    rc, err, _ = cli("--model_args", f"init_from={harness_runs['model']},batch_size=16", "--batch_size", "4")
+    assert rc == 2
+    assert error_lines(err) == ["error: batch_size=16 in --model_args and --batch_size 4 disagree; give one of them"]
+
+
+@pytest.mark.parametrize("bad", ["max_lenght=64", "device=cuda:3"])
+def test_unknown_model_args_are_refused(cli, harness_runs, bad):
+    rc, err, results = cli("--model_args", f"init_from={harness_runs['model']},{bad}")
+    assert rc == 2 and results is None
+    (line,) = error_lines(err)
+    assert line.startswith(f"error: unknown --model_args {bad} for --model gpt2jax; it accepts init_from, "
+                           "batch_size, max_length, max_gen_toks, dtype"), line
+    assert ("CUDA_VISIBLE_DEVICES" in line and "JAX_PLATFORMS" in line) == bad.startswith("device")
+
+
+def test_unknown_model_args_are_refused_from_python(harness_runs):
+    from lm_eval import simple_evaluate
+
+    from gpt2jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown --model_args device=cuda:3 .*CUDA_VISIBLE_DEVICES"):
+        simple_evaluate(model="gpt2jax", model_args=f"init_from={harness_runs['model']},device=cuda:3",
+                        tasks=["local_choice"], bootstrap_iters=0)
+
+
+def test_device_flag_is_refused(cli, harness_runs):
+    rc, err, results = cli("--model_args", f"init_from={harness_runs['model']}", "--device", "cuda:3")
+    assert rc == 2 and results is None
+    (line,) = error_lines(err)
+    assert line.startswith("error: --device cuda:3: --model gpt2jax takes no device. JAX chooses the devices"), line
+
 
 HARNESS_MISSING_LINE = ('error: gpt2jax-lm-eval needs lm-evaluation-harness, the `harness` extra '
                         '(No module named \'lm_eval\'); install it with: pip install "gpt2jax[harness]"')

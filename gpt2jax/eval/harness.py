@@ -20,8 +20,11 @@ the text at the first stop string. Scoring is data parallel over the local devic
 
 model_args: init_from (required), batch_size (rows per forward pass; rounded up to a multiple of the local
 device count; default 8 per device), max_length (default: the model's n_positions), max_gen_toks (default 256),
-dtype (float32 | bfloat16 | float16). Needs the `harness` extra: pip install "gpt2jax[harness]"; without it the
-CLI prints that in one error line.
+dtype (float32 | bfloat16 | float16); any other key (a typo, hf's device=...) is refused. batch_size may be given
+in model_args, with --batch_size (simple_evaluate's batch_size), or both: a number wins over 'auto' or nothing, two
+different numbers are refused. There is no device argument (--device is refused too): JAX picks the devices, all
+local ones of its platform (JAX_PLATFORMS, CUDA_VISIBLE_DEVICES). Needs the `harness` extra:
+pip install "gpt2jax[harness]"; without it the CLI prints that in one error line.
 From Python, pass `bootstrap_iters=0` to simple_evaluate (or call
 `multiprocessing.set_start_method("forkserver")` first): lm-eval bootstraps stderrs in a forked pool, and forking
 a process with JAX's threads can deadlock. This module imports lm_eval; nothing else in gpt2jax does.
@@ -54,13 +57,47 @@ from gpt2jax.eval.windows import score_requests
 
 MODEL_NAME = "gpt2jax"
 DEFAULT_MAX_GEN_TOKS = 256
+MODEL_ARGS = ("init_from", "batch_size", "max_length", "max_gen_toks", "dtype")  # what --model_args accepts
 INSTALL_HINT = 'pip install "gpt2jax[harness]"'
+DEVICES_HINT = ("JAX chooses the devices, not lm-eval: the backend runs data parallel over every local device of "
+                "JAX's platform; pick the platform with JAX_PLATFORMS=cpu|cuda|tpu and the GPUs with "
+                "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=3)")
+
+
+def check_model_args(args: dict) -> None:
+    """Refuse --model_args keys the backend does not know (a typo like max_lenght=64, or hf's device=cuda:3),
+    which lm-eval would otherwise pass through and the backend silently drop."""
+    unknown = [k for k in args if k not in MODEL_ARGS]
+    if unknown:
+        given = ", ".join(f"{k}={args[k]}" for k in unknown)
+        raise ConfigError(f"unknown --model_args {given} for --model {MODEL_NAME}; it accepts "
+                          f"{', '.join(MODEL_ARGS)}" + (f". {DEVICES_HINT}" if "device" in unknown else ""))
+    if args.get("init_from") in (None, ""):
+        raise ConfigError(f"--model {MODEL_NAME} needs --model_args init_from=<run directory | Hugging Face GPT-2 "
+                          f"directory | hub id>")
+
+
+def _is_auto(value) -> bool:
+    return value is None or str(value).strip().startswith("auto")
+
+
+def merge_batch_size(model_arg, flag):
+    """batch_size may come from --model_args (batch_size=16), from --batch_size (simple_evaluate's batch_size), or
+    both: a number wins over 'auto' (or nothing), two equal numbers are one, two different numbers are refused."""
+    if _is_auto(flag):
+        return flag if model_arg is None else model_arg
+    if _is_auto(model_arg) or str(model_arg).strip() == str(flag).strip():
+        return flag
+    raise ConfigError(f"batch_size={model_arg} in --model_args and --batch_size {flag} disagree; give one of them")
 
 
 def _batch_size(value, n_devices: int) -> int:
     """lm-eval passes --batch_size as given (an int, "4", "auto", "auto:4"); 'auto' means 8 per device."""
-    text = str(value if value is not None else "auto")
-    size = 8 * n_devices if text.startswith("auto") else int(text)
+    text = str(value if value is not None else "auto").strip()
+    try:
+        size = 8 * n_devices if text.startswith("auto") else int(text)
+    except ValueError:
+        raise ConfigError(f"batch_size={value}: give a number of rows per forward pass or 'auto'") from None
     if size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {value}")
     return n_devices * -(-size // n_devices)
@@ -69,8 +106,9 @@ def _batch_size(value, n_devices: int) -> int:
 class GPT2JaxLM(TemplateLM):
     """lm-eval `LM` over a gpt2jax model. See the module docstring for the arguments."""
 
-    def __init__(self, init_from: str, batch_size=None, max_length=None, max_gen_toks=DEFAULT_MAX_GEN_TOKS,
-                 dtype: str | None = None, max_batch_size=None, device=None, **unused):
+    def __init__(self, init_from: str | None = None, batch_size=None, max_length=None,
+                 max_gen_toks=DEFAULT_MAX_GEN_TOKS, dtype: str | None = None, **unknown):
+        check_model_args({"init_from": init_from, **unknown})
         super().__init__()
         from gpt2jax.eval.scoring import Scorer
         from gpt2jax.weights.load import load_model, logits_bytes
@@ -94,8 +132,22 @@ class GPT2JaxLM(TemplateLM):
         self.scorer = Scorer(self.cfg, params, self._batch_size)
         self.params = self.scorer.params  # the generator reuses the placed copy
         self.init_from = str(init_from)
-        self.ignored_args = {k: v for k, v in dict(unused, device=device, max_batch_size=max_batch_size).items()
-                             if v is not None}
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GPT2JaxLM":
+        """lm-eval's constructor for a "key=value,..." model_args string; see create_from_arg_obj."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "GPT2JaxLM":
+        """lm-eval's constructor: arg_dict is --model_args, additional_config simple_evaluate's batch_size,
+        max_batch_size and device (lm-eval's own would pass batch_size twice when both have one, a TypeError).
+        --model_args are checked against MODEL_ARGS; batch_size is merged (merge_batch_size); device and
+        max_batch_size are not used (the CLI always sends device=cuda:0; main() refuses an explicit --device)."""
+        args = dict(arg_dict or {})
+        check_model_args(args)
+        args["batch_size"] = merge_batch_size(args.get("batch_size"), (additional_config or {}).get("batch_size"))
+        return cls(**args)
 
     # ---- what lm-eval reads ------------------------------------------------------------------------------------
 
@@ -200,15 +252,44 @@ class GPT2JaxLM(TemplateLM):
         return texts
 
 
+def _cli_setting(args, key: str):
+    """A run option as the user gave it: on the command line, else in the --config YAML, else None (lm-eval's
+    EvaluatorConfig fills what is absent with its defaults: batch_size 1, device cuda:0)."""
+    if vars(args).get(key) is not None:
+        return vars(args)[key]
+    if vars(args).get("config"):
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+
+        try:
+            return EvaluatorConfig.load_yaml_config(args.config).get(key)
+        except Exception:  # noqa: BLE001  lm-eval reports an unreadable config itself
+            return None
+    return None
+
+
+def _gpt2jax_cli_defaults(args) -> None:
+    """For `--model gpt2jax` runs: an absent --batch_size means 'auto' (--model_args' batch_size, else 8 per device)
+    rather than lm-eval's default of 1, which would contradict batch_size=16 in --model_args; --device is refused
+    (JAX picks the devices)."""
+    if getattr(args, "command", "run") != "run" or _cli_setting(args, "model") != MODEL_NAME:
+        return
+    if (device := _cli_setting(args, "device")) is not None:
+        raise ConfigError(f"--device {device}: --model {MODEL_NAME} takes no device. {DEVICES_HINT}")
+    if _cli_setting(args, "batch_size") is None:
+        args.batch_size = "auto"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """lm-eval's CLI with the `gpt2jax` model type registered."""
+    """lm-eval's CLI with the `gpt2jax` model type registered (lm_eval.__main__.cli_evaluate, plus
+    _gpt2jax_cli_defaults between parsing and running)."""
     if HARNESS_MISSING is not None:
         print(f"error: gpt2jax-lm-eval needs lm-evaluation-harness, the `harness` extra ({HARNESS_MISSING}); "
               f"install it with: {INSTALL_HINT}", file=sys.stderr)
         return 2
     import multiprocessing
 
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
 
     # lm-eval bootstraps metric stderrs in a multiprocessing pool; forking this process (JAX threads running)
     # can deadlock, so workers start from a clean server process instead.
@@ -216,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
     try:
-        cli_evaluate()
+        setup_logging()
+        parser = HarnessCLI()
+        args = parser.parse_args()
+        _gpt2jax_cli_defaults(args)
+        parser.execute(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
