@@ -60,11 +60,11 @@ def one_error_line(fn, argv, capsys):
 
 # ---- kill -9 at random points -------------------------------------------------------------------------------------
 
-def kill_at_random_point(cmd, out: Path, rng: random.Random, n_shards: int) -> bool:
-    """Start cmd, SIGKILL it once `out` holds a random number of shard files (or at a random time); True when it
-    was killed before finishing."""
-    target = rng.randint(1, max(1, n_shards - 1))
-    deadline = rng.uniform(0.5, 6.0)
+def kill_at_random_point(cmd, out: Path, rng: random.Random, n_shards: int, seconds: float) -> bool:
+    """Start cmd, SIGKILL it once `out` holds a random number of shard files (or at a random time up to an
+    uninterrupted run's `seconds`, one time in four); True when it was killed before finishing."""
+    target = rng.randint(1, n_shards)
+    deadline = rng.uniform(0.5, 1.0) * seconds if rng.random() < 0.25 else 3 * seconds
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     while proc.poll() is None:
@@ -90,7 +90,9 @@ def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kin
         corpus.write_text(CORPUS.read_text()[:500_000])
         opts = ["--shard_tokens", 4000, "--block_bytes", 4096, "--workers", 1, "--val_tokens", 6000]
     ref = tmp_path / "reference"
+    t0 = time.monotonic()
     subprocess.run(prepare_cli("--input", corpus, "--out", ref, *opts), cwd=REPO, check=True, capture_output=True)
+    seconds = time.monotonic() - t0
     n_shards = len(list(ref.glob("*.bin")))
     assert n_shards > 20 and len(list(ref.glob("val_*.bin"))) > 1
     killed = 0
@@ -98,7 +100,7 @@ def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kin
         out = tmp_path / f"killed{trial}"
         cmd = prepare_cli("--input", corpus, "--out", out, *opts)
         for _ in range(2 if trial == 0 else 1):  # the first trial is killed twice: once more while resuming
-            if kill_at_random_point(cmd, out, rng, n_shards) and not (out / META_FILE).exists():
+            if kill_at_random_point(cmd, out, rng, n_shards, seconds) and not (out / META_FILE).exists():
                 with pytest.raises(DataError) as e:
                     open_split(out, "train")
                 msg = str(e.value)
@@ -106,7 +108,8 @@ def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kin
                 if (out / PROGRESS_FILE).exists():  # (else killed while starting up: nothing of it to read)
                     killed += 1
                     assert "unfinished prepare" in msg and "rerun `python -m gpt2jax.data.prepare" in msg
-        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)  # resumes
+        if not (out / META_FILE).exists():  # (else it finished before the kill landed)
+            subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)  # resumes
         assert same_tokens(out, ref), f"trial {trial}: resumed tokens differ"
         assert json.loads((out / META_FILE).read_text())["splits"] == json.loads((ref / META_FILE).read_text())["splits"]
         assert not (out / PROGRESS_FILE).exists()

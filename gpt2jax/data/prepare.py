@@ -544,7 +544,11 @@ class Prepare:
 
     def __init__(self, out: Path, settings: dict, tokenizer, command: list[str]):
         self.out, self.settings, self.tokenizer = out, settings, tokenizer
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the output directory {out} ({e.strerror or e}); choose another --out") \
+                from None
         progress = _read_progress(out)
         if progress is not None and progress.get("settings") != settings:
             print(f"{out} holds an unfinished prepare with other inputs or settings: starting over", file=sys.stderr)
@@ -563,10 +567,14 @@ class Prepare:
                   file=sys.stderr)
         self.progress = progress
         self.last_commit = time.monotonic()
+        self.committed_shards = -1
 
     def commit(self, streams: dict, force: bool = False) -> None:
-        if not force and time.monotonic() - self.last_commit < COMMIT_SECONDS:
+        """Record the progress: about once a second, and whenever a shard was completed."""
+        n_shards = sum(len(s.shards) for s in streams.values())
+        if not force and time.monotonic() - self.last_commit < COMMIT_SECONDS and n_shards == self.committed_shards:
             return
+        self.committed_shards = n_shards
         for s in streams.values():
             s.sync()
         self.progress["streams"] = {k: s.state() for k, s in streams.items()}
