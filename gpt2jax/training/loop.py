@@ -51,6 +51,8 @@ from gpt2jax.model import GPT, flops_per_token, param_count
 from gpt2jax.training.optim import make_optimizer
 from gpt2jax.model.sharding import activation_context, replicated
 from gpt2jax.runtime.signals import StopSignals
+from gpt2jax.training.profile import StepProfiler
+from gpt2jax.training.schedule_note import say_schedule_change
 from gpt2jax.training.spec import TrainSpec, resolve
 from gpt2jax.training.state import StateLayout, train_items
 from gpt2jax.training.schema import check_train_config, mesh_and_rules
@@ -133,6 +135,7 @@ class TrainLog:
         self.logger, self.bar, self.log_every, self.end, self.nonfinite = logger, bar, log_every, end, nonfinite
         self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
         self.pending, self.mark, self.mark_step = [], time.time(), start
+        self.plain = None  # print(line) for a plain "step N: loss ..." line per logged step (no progress bar)
 
     def add(self, first_step: int, k: int, metrics: dict) -> None:
         self.pending.append((first_step, k, metrics))
@@ -156,6 +159,15 @@ class TrainLog:
                 self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
                                        mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                if self.plain is not None:
+                    self.plain(plain_line(step, self.end, rec, tok_s, metrics_lib.mfu(self.fpt, tok_s, self.peak)))
+
+
+def plain_line(step: int, end: int, rec: dict, tok_s: float, mfu: float | None) -> str:
+    """'step 120/5000: loss 2.3456, lr 6.00e-04, grad norm 0.512, 123,456 tokens/s, MFU 41.2%' for batch-job logs."""
+    line = (f"step {step}/{end}: loss {rec['loss']:.4f}, lr {rec['lr']:.3e}, grad norm {rec['grad_norm']:.3f}, "
+            f"{tok_s:,.0f} tokens/s")
+    return line + (f", MFU {mfu:.1%}" if mfu else "")
 
 
 def host(x) -> np.ndarray:
@@ -359,13 +371,16 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     start, state = start_state(spec, layout, ckpts, init, say)
     stop.check_startup()
     if lead:
+        say_schedule_change(spec, start, say)  # a resume that changes max_steps: what the schedule does now
         write_run_files(spec, tokenizer, start)
         if init is not None:
             init_lib.write_record(spec.run_dir, init[1])
         metrics_lib.rewind_metrics(spec.run_dir, start)
     val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
     return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
-               metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead), say, lead, start, state,
+               metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead, wandb=spec.config.logging.wandb,
+                                         config=json.loads(spec.config.to_json_best_effort()), name=spec.config.name),
+               say, lead, start, state,
                compile_s, metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops), step=start)
 
 
@@ -389,6 +404,7 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     with clock.phase("startup"):
         run = start_run(config, devices, stop, stack)
     run.clock = clock
+    stack.callback(run.logger.close, None, 1)  # after an error (a no-op once closed with the summary)
     spec = run.spec
     run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
             f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
@@ -398,8 +414,9 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
     if run.step == spec.train.max_steps and spec.train.final_eval:
         with clock.phase("final"):
             final = final_eval_and_sample(run)
-    run.logger.close()
-    return write_summary(run, stop, final, loop_s, t0)
+    summary = write_summary(run, stop, final, loop_s, t0)
+    run.logger.close(summary)
+    return summary
 
 
 def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: float) -> float:
@@ -407,10 +424,12 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
     index). Metrics are read one call late, so the device never waits for the host. -> seconds in the loop."""
     spec, t = run.spec, run.spec.train
     bar = tqdm(total=t.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (run.lead and t.progress))
+               disable=not show_progress(run))
     log = TrainLog(run.logger, bar, t.log_every, spec.end, spec.tokens_per_step,
                    flops_per_token(spec.model, spec.seq_len), run.peak, t0, run.start, run.last, run.nonfinite)
+    log.plain = run.say if run.lead and not show_progress(run) else None  # batch-job logs: no "\r" bar
     watchdog = stack.enter_context(make_watchdog(t, spec.run_dir))
+    profiler = stack.enter_context(StepProfiler(t.profile_steps, t.max_steps, spec.run_dir, run.say))
     loop_t0 = time.time()
     stop.in_loop = True  # from here a signal finishes the call and saves
     try:
@@ -422,7 +441,9 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
         while run.step < spec.end and not stopping:
             watchdog.beat(f"train step {run.step + 1}")
             injected_sleep("step", run.step + 1)
+            profiler.before(run.step, multistep.call_length(run.step, spec.end, t.steps_per_call))
             stopping = train_call(run, stop, log, bar)
+            profiler.after(run.step, run.state)
             at_eval = run.step % t.eval_every == 0 or run.step == t.max_steps
             val_loss = eval_and_sample(run, watchdog) if at_eval else None
             if run.step % t.checkpoint_every == 0 or run.step == spec.end or stopping:
@@ -436,6 +457,12 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
         close_loop(run, log, bar, watchdog)
         stop.in_loop = False
     return time.time() - loop_t0
+
+
+def show_progress(run: Run) -> bool:
+    """Progress bars on process 0 with train.progress, and only on a terminal: in a batch job's log tqdm's "\r"
+    updates hide the loss, which gets plain lines instead (TrainLog.plain)."""
+    return run.lead and run.spec.train.progress and sys.stdout.isatty()
 
 
 def train_call(run: Run, stop: StopSignals, log: TrainLog, bar) -> bool:
@@ -491,7 +518,7 @@ def final_eval_and_sample(run: Run) -> dict:
     """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample."""
     spec, t = run.spec, run.spec.train
     final = final_eval(spec.model, run.state["params"], run.val_split, spec.seq_len, t.final_eval_stride,
-                       t.eval_batch_size, run.layout.mesh, run.layout.rules, run.lead and t.progress)
+                       t.eval_batch_size, run.layout.mesh, run.layout.rules, show_progress(run))
     run.logger.write(dict(kind="final", step=run.step, **final))
     run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
             f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})")

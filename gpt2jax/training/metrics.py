@@ -1,8 +1,14 @@
-"""Training metrics: `metrics.jsonl` (one JSON record per line), TensorBoard events, MFU, a loss-curve plot.
+"""Training metrics: `metrics.jsonl` (one JSON record per line), TensorBoard events, Weights & Biases, MFU, a
+loss-curve plot.
 
 Records have a "kind": "train" (step, loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s), "eval" (step,
 val_loss, val_ppl over fixed validation batches) or "final" (step, val_loss, val_ppl over the whole val split,
 scored with sliding windows). `step` is the number of optimizer updates completed.
+
+Weights & Biases (`logging.wandb`: project, entity, group, mode disabled | offline | online; the `wandb` extra)
+gets the same scalars as TensorBoard (`<kind>/<field>` at `step`), the resolved config and the run's summary. Its
+files go to `<run dir>/wandb/`; the W&B run id is kept in `<run dir>/wandb_id`, so a resumed run continues the same
+W&B run. `offline` needs no network (`wandb sync <run dir>/wandb/offline-run-*` uploads it later).
 
 MFU (model FLOPs utilisation) = flops_per_token * tokens/s / peak FLOP/s, with the FLOP count of
 `gpt2jax.model.flops_per_token` (6 N + 12 L T C per token for forward + backward, PaLM appendix B) and the peak
@@ -15,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -182,16 +189,88 @@ def summary_writer_class():
     return SummaryWriter
 
 
-class MetricsLogger:
-    """Appends records to run_dir/metrics.jsonl and mirrors numeric fields to TensorBoard (`<kind>/<field>`).
-    Only the writing process (process 0) should pass enabled=True."""
+WANDB_MODES = ("disabled", "offline", "online")
+WANDB_ID_FILE = "wandb_id"
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
+
+def check_wandb(wandb_cfg) -> None:
+    """logging.wandb's mode is one of WANDB_MODES, and wandb is installed when the mode is not disabled (one line
+    naming the fix; checked before anything compiles)."""
+    if wandb_cfg is None:
+        return
+    if wandb_cfg.mode not in WANDB_MODES:
+        from gpt2jax.config import ConfigError
+
+        raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode!r}: choose one of {', '.join(WANDB_MODES)}")
+    if wandb_cfg.mode != "disabled":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            from gpt2jax.config import ConfigError
+
+            raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode} needs the wandb package, which is not installed: "
+                              "pip install 'gpt2jax[wandb]' (or pip install wandb), or leave "
+                              "--config.logging.wandb.mode=disabled")
+
+
+def _scalars(record: dict) -> dict:
+    """The numeric fields of a record as `<kind>/<field>`: what TensorBoard and W&B both get."""
+    return {f"{record['kind']}/{key}": value for key, value in record.items()
+            if key not in ("step", "kind") and isinstance(value, (int, float))
+            and math.isfinite(value)}
+
+
+class WandbRun:
+    """One W&B run per run dir (the id is kept in <run dir>/wandb_id, so a resumed run continues it)."""
+
+    def __init__(self, wandb_cfg, run_dir: Path, name: str, config: dict | None):
+        import wandb
+
+        id_file = Path(run_dir) / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else ""
+        if not run_id:
+            run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
+            id_file.write_text(run_id + "\n")
+        settings = wandb.Settings(console="off", save_code=False, x_disable_stats=True, silent=True)
+        try:
+            self.run = wandb.init(project=wandb_cfg.project or None, entity=wandb_cfg.entity or None,
+                                  group=wandb_cfg.get("group") or None, name=name, id=run_id, resume="allow",
+                                  mode=wandb_cfg.mode, dir=str(run_dir), config=config, settings=settings)
+        except Exception as e:  # noqa: BLE001 - no login, no network, a bad entity: one line with the way out
+            from gpt2jax.config import ConfigError
+
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode}: W&B could not start a run ({type(e).__name__}: "
+                              f"{why}); log in (wandb login) or use --config.logging.wandb.mode=offline (no network; "
+                              "wandb sync later) or =disabled") from None
+
+    def log(self, record: dict) -> None:
+        scalars = _scalars(record)
+        if scalars:
+            self.run.log(scalars, step=int(record["step"]))
+
+    def finish(self, summary: dict | None = None, exit_code: int = 0) -> None:
+        if summary:
+            self.run.summary.update({k: v for k, v in summary.items() if v is not None})
+        self.run.finish(exit_code=exit_code)
+
+
+class MetricsLogger:
+    """Appends records to run_dir/metrics.jsonl and mirrors numeric fields to TensorBoard (`<kind>/<field>`) and,
+    with `wandb` (the config's logging.wandb section, mode not disabled), to Weights & Biases with `config` (the
+    resolved config) and the summary given to `close`. Only the writing process (process 0) should pass
+    enabled=True."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True, wandb=None,
+                 config: dict | None = None, name: str = ""):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
-        self.tb = None
+        self.tb = self.wandb = None
         if enabled and tensorboard:
             self.tb = summary_writer_class()(str(run_dir))
+        if enabled and wandb is not None and wandb.mode != "disabled":
+            check_wandb(wandb)
+            self.wandb = WandbRun(wandb, run_dir, name or Path(run_dir).name, config)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -199,13 +278,19 @@ class MetricsLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
-            for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            for key, value in _scalars(record).items():
+                self.tb.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(record)
 
-    def close(self) -> None:
+    def close(self, summary: dict | None = None, exit_code: int = 0) -> None:
+        """Close the writers (again: a no-op); `summary` goes to the W&B run's summary."""
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            wandb_run, self.wandb = self.wandb, None
+            wandb_run.finish(summary, exit_code)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -9,6 +9,7 @@ any field with `--config.<section>.<field>=value`. Sections:
     optim            AdamW + warmup/cosine + clipping (see gpt2jax.training.optim)
     train            steps, batch, logging, eval, checkpoints, sampling
     distributed      jax.distributed.initialize arguments for multi-process runs (the CLI calls it)
+    logging          Weights & Biases (logging.wandb: project, entity, group, mode disabled | offline | online)
     mesh             device mesh sizes {data, fsdp, tensor}, one may be -1 (see gpt2jax.model.sharding)
     sharding_rules   logical axis -> mesh axes, recorded so that a run dir says how it was sharded
 """
@@ -70,8 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
         final_eval=True,  # score the whole val split with sliding windows at the end
         final_eval_stride=0,  # 0: seq_len // 2
         tensorboard=True,
-        progress=True,
+        progress=True,  # a tqdm bar on a terminal; elsewhere (batch-job logs) plain "step N: loss ..." lines
         plot=True,
+        profile_steps="",  # "A:B": a jax.profiler trace of steps A+1..B in <run dir>/profile; "": off
         peak_flops=0.0,  # per device, for MFU; 0: datasheet table / measured on CPU
         compilation_cache_dir="",  # e.g. ~/.cache/gpt2jax/xla: reuse compiled steps across restarts/resumes
         # reliability (docs/reliability.md)
@@ -87,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
     # -1 fields are left to JAX's cluster auto-detection (SLURM, Open MPI, TPU pods, JAX_COORDINATOR_ADDRESS).
     c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0,
                                                    process_id=-1, initialization_timeout=300))
+
+    # experiment tracking beside metrics.jsonl and TensorBoard (gpt2jax.training.metrics): Weights & Biases, mode
+    # disabled | offline (no network; `wandb sync` later) | online; needs the wandb extra
+    c.logging = ml_collections.ConfigDict(dict(wandb=ml_collections.ConfigDict(dict(
+        project="gpt2jax", entity="", group="", mode="disabled"))))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = tuple(tuple(r) for r in DEFAULT_RULES)

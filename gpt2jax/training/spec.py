@@ -22,7 +22,9 @@ from gpt2jax.training import multistep
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.generation.generate import Sampling
 from gpt2jax.model import flops_per_token
+from gpt2jax.training.metrics import check_wandb
 from gpt2jax.training.optim import OptimSpec
+from gpt2jax.training.profile import parse_profile_steps
 from gpt2jax.training.schema import check_train_config, data_parallel_devices, model_config
 
 
@@ -91,6 +93,8 @@ def resolve(config, tokenizer, devices=None) -> TrainSpec:
     check_train_config(config)
     c = config.copy_and_resolve_references()
     t = c.train
+    parse_profile_steps(t.profile_steps, t.max_steps)  # one line for a malformed range, before anything compiles
+    check_wandb(c.logging.wandb)  # ... and for W&B asked for but not installed
     resolve_batch(t, c.data.seq_len, data_parallel_devices(c, devices) if t.batch_size_per_device else 1)
     model = model_config(c, tokenizer)
     c.model.vocab_size = model.vocab_size
