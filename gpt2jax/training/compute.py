@@ -58,3 +58,24 @@ def isoflop_grid(budgets, sizes, seq_len: int, tokens_per_step: int, vocab_size:
                 points.append({"name": f"{budget:.0e}_{n_layer}x{n_embd}", "model.n_layer": n_layer, "model.n_embd": n_embd, "model.n_head": cfg.n_head,
                                "train.max_steps": steps, "train.eval_every": steps})
     return points
+
+
+# ---- FLOP conventions of a study's C -----------------------------------------------------------------------
+
+FLOP_CONVENTIONS = {
+    # name: (description, C from a results row with params, non_embedding_params, tokens, flops)
+    "6N+12LTC": ("C = D (6 (N - n_positions n_embd) + 12 n_layer T n_embd): every weight matrix incl. the tied "
+                 "head, and attention over the full T x T square (PaLM appendix B; what every run records)",
+                 lambda r: float(r["flops"])),
+    "6N_nonemb": ("C = 6 N_non-embedding D (Kaplan et al. 2020: embeddings and the attention term left out)",
+                  lambda r: 6.0 * float(r["non_embedding_params"]) * float(r["tokens"])),
+    "6ND": ("C = 6 N D with all parameters N (Hoffmann et al. 2022's approximation)",
+            lambda r: 6.0 * float(r["params"]) * float(r["tokens"])),
+}
+
+
+def convention_flops(row: dict, convention: str = "6N+12LTC") -> float:
+    """A results row's training FLOPs C under a named convention (FLOP_CONVENTIONS)."""
+    if convention not in FLOP_CONVENTIONS:
+        raise ValueError(f"FLOP convention {convention!r} must be one of {list(FLOP_CONVENTIONS)}")
+    return FLOP_CONVENTIONS[convention][1](row)
