@@ -2,13 +2,26 @@
 
 Every command-line entry point runs its `main(argv)` through `run_cli`: a known error prints one line to stderr and
 exits 2 (bad input) or 1 (a run that stopped and says why); anything else is a bug and keeps its traceback.
+
+Exit codes (docs/reliability.md has the table of faults):
+    0    done
+    1    the run stopped and says why (non-finite loss, a failed save, a file system that refused a write:
+         full, read-only, not ours), with one `error: ...` line
+    2    bad input (flag, config, path, data), one `error: ...` line, nothing changed
+    3    stopped early on a signal (SIGTERM, SIGINT, SIGUSR1, SIGHUP: a scheduler's preemption notice or Ctrl-C),
+         after a checkpoint; rerun the same command to resume. Also a signal during start-up (nothing trained).
+         Not 0, so `train && eval` does not go on with a partial model.
+    75   the watchdog found a hung step (`train.watchdog_exit`, EX_TEMPFAIL): restart to resume
+    128+N a second signal N: exited at once without saving (completed checkpoints untouched)
 More error types live beside the code that raises them (ConfigError in `gpt2jax.config`, TokenizerError in
 `gpt2jax.tokenizer`, GenerationError in `gpt2jax.generation.generate`, RunDirError in `gpt2jax.weights.checkpoint`).
 """
 from __future__ import annotations
 
+import errno
 import sys
 
+STOPPED_EXIT_CODE = 3  # stopped early on a signal, with a checkpoint (see the table above)
 
 class UsageError(ValueError):
     """A bad command-line value (flag, path, file content). The message names it and the fix."""
@@ -33,7 +46,24 @@ class TrainingStopped(RuntimeError):
 
 
 class StartupInterrupted(Exception):
-    """SIGTERM/SIGINT arrived before training started: nothing needed saving, the run stops cleanly (exit 0)."""
+    """A stop signal arrived before training started: nothing needed saving, the run stops cleanly (exit 3)."""
+
+
+# OSErrors that are the machine's state, not a bug: the message (with the path) is the whole story
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                      errno.ENOTDIR, errno.ENAMETOOLONG, errno.EIO, errno.EMFILE, errno.ENFILE}
+
+
+def environment_error(e: OSError) -> str:
+    """One line for an OSError of the environment (full disk, read-only file system, not our file, ...)."""
+    where = f": {e.filename}" if e.filename else ""
+    fixes = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free space within your quota",
+             errno.EROFS: "the file system is mounted read-only; use a writable --config.run_root",
+             errno.EACCES: "fix its permissions or use a directory you own",
+             errno.EPERM: "fix its permissions or use a directory you own"}
+    fix = fixes.get(e.errno, "fix the path")
+    return (f"{e.strerror or type(e).__name__}{where} ({errno.errorcode.get(e.errno, e.errno)}); {fix}, then rerun "
+            "(a training run resumes from its last checkpoint)")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -50,7 +80,8 @@ def exit_code(error: BaseException) -> int:
 
 
 def run_cli(main, argv=None) -> int:
-    """Run `main(argv)`; returns the exit code (0, or 1/2 after printing one `error: ...` line)."""
+    """Run `main(argv)`; returns the exit code (0, or 1/2 after printing one `error: ...` line, 3 after a stop
+    signal during start-up)."""
     try:
         result = main(argv)
     except (SaveError, TrainingStopped, *user_errors()) as e:
@@ -58,7 +89,12 @@ def run_cli(main, argv=None) -> int:
         return exit_code(e)
     except StartupInterrupted as e:
         print(str(e), file=sys.stderr, flush=True)
-        return 0
+        return STOPPED_EXIT_CODE
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {environment_error(e)}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling (e.g. while importing jax)
         print("interrupted", file=sys.stderr, flush=True)
         return 130

@@ -6,12 +6,17 @@ importable from here). What a run does, in order, is described in `gpt2jax/train
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # SIGTERM/SIGINT while the libraries below import: nothing started, exit quietly
+if __name__ == "__main__":  # a stop signal while the libraries below import: nothing started, one line, exit 3
     import os as _os
     import signal as _signal
 
-    for _sig in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(_sig, lambda signum, frame: _os._exit(0))
+    def _stopped_while_importing(signum, frame):  # (errors.STOPPED_EXIT_CODE; gpt2jax.errors is not imported yet)
+        _os.write(2, f"{_signal.Signals(signum).name} during start-up (importing): stopped before training; nothing "
+                     "needed saving\n".encode())
+        _os._exit(3)
+
+    for _sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGUSR1, _signal.SIGHUP):
+        _signal.signal(_sig, _stopped_while_importing)
 
 import sys
 from pathlib import Path
@@ -19,7 +24,7 @@ from pathlib import Path
 import jax
 
 from gpt2jax import shipped
-from gpt2jax.errors import DataError, run_cli
+from gpt2jax.errors import STOPPED_EXIT_CODE, DataError, run_cli
 from gpt2jax.runtime import hostmem
 from gpt2jax.training.loop import __doc__ as LOOP_DOC
 from gpt2jax.training.loop import train
@@ -109,5 +114,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {e}") from None
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: the exit code is 3 (errors.STOPPED_EXIT_CODE) when a signal stopped the run
+    before max_steps (checkpoint saved; rerun to resume), so `train && eval` does not go on with a partial model."""
+    summary = main(argv)
+    if summary.get("stopped_by") and summary.get("stopped_early"):
+        print(f"stopped early by {summary['stopped_by']} at step {summary['step']} of {summary['max_steps']} "
+              f"(checkpoint saved): exit {STOPPED_EXIT_CODE}; rerun the same command to resume", file=sys.stderr,
+              flush=True)
+        return STOPPED_EXIT_CODE
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(cli))

@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from gpt2jax.errors import STOPPED_EXIT_CODE
 from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.weights.checkpoint import Checkpoints
 
@@ -62,8 +63,9 @@ def finish(proc, timeout=120):
         pytest.fail(f"the trainer did not end within {timeout} s: {proc.communicate()[0][-2000:]}")
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_0(char_data, tmp_path, cache):
-    """(SIGINT: tests/test_resume.py::test_ctrl_c_stops_after_a_step_with_a_checkpoint.)"""
+def test_sigterm_finishes_the_step_saves_and_exits_3(char_data, tmp_path, cache):
+    """(SIGINT: tests/test_resume.py::test_ctrl_c_stops_after_a_step_with_a_checkpoint; SIGUSR1 and SIGHUP:
+    tests/test_faults.py.) Exit 3, not 0 (issue 37, finding 6): a stopped run is not a finished one."""
     sig = signal.SIGTERM
     proc = start(argv(char_data, tmp_path, "--config.train.max_steps=100000", "--config.train.eval_every=100000",
                       cache_dir=cache))
@@ -71,7 +73,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(char_data, tmp_path, cache)
     assert wait_for(lambda: len(train_records(run)) >= 3, proc), finish(proc)
     proc.send_signal(sig)
     out = finish(proc)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == STOPPED_EXIT_CODE, out[-3000:]
     assert "Traceback" not in out and "stopping after this step" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by"] == sig.name
@@ -103,7 +105,8 @@ def test_a_signal_during_start_up_exits_cleanly(char_data, tmp_path, sig, after_
     time.sleep(after_s)
     proc.send_signal(sig)
     out = finish(proc)
-    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert proc.returncode == STOPPED_EXIT_CODE and "Traceback" not in out, out[-3000:]
+    assert "during start-up" in out, out[-3000:]  # one line says so, whether in the imports or after
 
 
 def test_sigkill_at_five_random_points_resumes_bitwise(char_data, tmp_path, cache):

@@ -1,9 +1,12 @@
-"""SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) for the trainer.
+"""Stop signals for the trainer: SIGTERM (what schedulers send before preemption), SIGINT (Ctrl-C), SIGUSR1 (SLURM's
+`#SBATCH --signal=USR1@120`, sent that many seconds before the time limit) and SIGHUP (a closed terminal or
+session, some schedulers' preemption notice). All four are handled alike.
 
 During start-up (data, restore, compilation) a signal stops the run at the next phase boundary with a clean
-message (exit 0): nothing has been trained, so nothing needs saving. In the loop the first signal asks the loop to finish its step, save a
-checkpoint, wait for in-flight saves and exit 0; a second signal exits at once (exit code 128 + signal) without
-touching completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored).
+message (exit 3, `gpt2jax.errors.STOPPED_EXIT_CODE`): nothing has been trained, so nothing needs saving. In the
+loop the first signal asks the loop to finish its step, save a checkpoint, wait for in-flight saves and exit 3
+(stopped early; rerun to resume). A second signal exits at once (exit code 128 + signal) without touching
+completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored).
 In multi-process runs the processes agree on the stop step at log steps (`should_stop`).
 Handlers can only be installed from the main thread; elsewhere they are skipped.
 """
@@ -15,7 +18,7 @@ import sys
 
 from gpt2jax.errors import StartupInterrupted
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 class StopSignals:
