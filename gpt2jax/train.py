@@ -29,6 +29,38 @@ from gpt2jax.runtime import hostmem
 from gpt2jax.training.loop import __doc__ as LOOP_DOC
 from gpt2jax.training.loop import train
 
+def unknown_field(argv: list[str]) -> str | None:
+    """The first `--config.<path>=...` override that names no field of the config file (loaded without the
+    overrides), as one line with the nearest field name; None if every path exists."""
+    import difflib
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_args = [a for i, a in enumerate(argv) if a.startswith("--config=")
+                   or a == "--config" or (i and argv[i - 1] == "--config")]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=config_args)
+    try:
+        fv(argv[:1] + config_args)
+    except Exception:  # noqa: BLE001 - the caller reports the original error
+        return None
+    for a in argv[1:]:
+        if not a.startswith("--config."):
+            continue
+        parts, node = a.split("=", 1)[0][len("--config."):].split("."), fv.config
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys"):
+                return (f"--config.{'.'.join(parts)}: {'.'.join(parts[:i])} is a field, not a section; set it with "
+                        f"--config.{'.'.join(parts[:i])}=<value>")
+            if part not in node.keys():
+                near = difflib.get_close_matches(part, list(node.keys()), n=1)
+                hint = f" (did you mean --config.{'.'.join(parts[:i] + near)}?)" if near else ""
+                return f"unknown config field --config.{'.'.join(parts)}{hint}"
+            node = node[part]
+    return None
+
+
 def parse_config(argv: list[str]):
     """`--config <file>[:arg] --config.x.y=value ...` -> ConfigDict (a fresh FlagValues, so tests can parse twice).
     Raises ConfigError (one line) for a missing config file, an unknown field or a value of the wrong type."""
@@ -37,6 +69,9 @@ def parse_config(argv: list[str]):
 
     from gpt2jax.config import ConfigError
 
+    if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        raise ConfigError("--config is missing: python -m gpt2jax.train --config <config name or file.py> "
+                          "[--config.<section>.<field>=<value> ...] (--help lists the configs and fields)")
     argv = check_config_file(argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,
@@ -46,11 +81,9 @@ def parse_config(argv: list[str]):
         config = fv.config
     except flags.Error as e:
         raise ConfigError(f"{str(e).splitlines()[0]}; see python -m gpt2jax.train --help for the fields") from None
-    except (AttributeError, KeyError) as e:
-        name = str(e).strip("\"'")
-        given = [a.split("=")[0] for a in argv if a.startswith("--config.") and f".{name}" in a.split("=")[0]]
-        raise ConfigError(f"unknown config field {', '.join(given) or name!r}: check the spelling of "
-                          "--config.<section>.<field> (python -m gpt2jax.train --help lists them)") from None
+    except (AttributeError, KeyError, TypeError) as e:  # ml_collections: a path that names no field
+        what = unknown_field(argv) or f"unknown config field ({type(e).__name__}: {str(e).splitlines()[0]})"
+        raise ConfigError(f"{what}; python -m gpt2jax.train --help lists the fields") from None
     except (SyntaxError, ImportError) as e:
         raise ConfigError(f"the config file cannot be loaded: {type(e).__name__}: {e}") from None
     if config is None:
