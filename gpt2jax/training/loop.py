@@ -196,10 +196,17 @@ def check_run_dir(spec: TrainSpec, tokenizer, ckpts) -> None:
             "train.resume=False. Nothing was changed: pick a new run name with --config.name=<new name>, or resume "
             "with --config.train.resume=True."
         )
-    for step in ckpts.candidates():  # the newest step whose meta reads (a damaged one is judged when restoring)
+    # the newest step that verifies and whose meta reads: a damaged one (its bytes no longer match its manifest,
+    # e.g. a flipped "n_embd" in meta/metadata) is named and moved aside when restoring, never taken as the
+    # config the run was trained with
+    for step in ckpts.candidates():
+        if ckpts.problem(step) is not None:
+            continue
         try:
             meta = ckpts.meta(step)
         except Exception:  # noqa: BLE001 - orbax/JSON errors of a damaged step
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             continue
         ckpt_lib.check_compatible(spec.run_dir, meta, spec.model, tokenizer)
         return

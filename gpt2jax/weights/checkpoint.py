@@ -15,7 +15,8 @@ is the commit marker. Every restore checks the files against it and refuses non-
 named (step and file) and the newest good one is used instead, unless fallback is off. Kept: the newest `keep`
 verified checkpoints plus the verified one with the lowest finite validation loss; older steps are deleted only
 after a newer manifest is written, so the last good checkpoint is never rotated away. Steps that fail
-verification when a run resumes are moved to `rejected_checkpoints/`, never deleted.
+verification when a run resumes are moved to `rejected_checkpoints/`; the newest `keep_rejected` of those are
+kept (default 1), older ones deleted, saying which.
 """
 from __future__ import annotations
 
@@ -66,9 +67,30 @@ MIN_REPLICA_SLICE_BYTES = 1 << 20
 def configure_orbax() -> None:
     """Quiet orbax's per-save absl logging and keep small arrays out of replica-parallel writes."""
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # failures reach the user as one message, not a log
+    # a failed asynchronous write (e.g. a full disk) leaves tensorstore callbacks aimed at orbax's closed event
+    # loop, and asyncio tasks whose exception nobody read: ~95 traceback lines before our one-line error
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if not getattr(sys.excepthook, "quiet_closed_loop", False):
+        sys.excepthook = _quiet_closed_loop(sys.excepthook)
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
         override=True)
+
+
+def _quiet_closed_loop(previous):
+    """sys.excepthook that drops the "Event loop is closed" RuntimeError of a callback that tensorstore delivers
+    to orbax's asyncio loop after that loop was closed (printed via PyErr_Print, so through this hook)."""
+    def hook(kind, value, tb):
+        frames, t = [], tb
+        while t is not None:
+            frames.append(t.tb_frame.f_code.co_name)
+            t = t.tb_next
+        if kind is RuntimeError and str(value) == "Event loop is closed" and "call_soon_threadsafe" in frames:
+            return
+        previous(kind, value, tb)
+
+    hook.quiet_closed_loop = True
+    return hook
 
 
 def warn(message: str) -> None:
@@ -158,11 +180,12 @@ class Checkpoints:
     manifest is written in the background once orbax has committed them."""
 
     def __init__(self, run_dir: str | Path, keep: int = 3, keep_best: bool = True, async_save: bool = True,
-                 read_only: bool = False, log: Callable[[str], None] = None):
+                 read_only: bool = False, log: Callable[[str], None] = None, keep_rejected: int = 1):
         configure_orbax()
         self.run_dir = Path(run_dir).absolute()
         self.directory = self.run_dir / CHECKPOINT_DIR
         self.keep, self.keep_best, self.read_only, self.log = keep, keep_best, read_only, log or warn
+        self.keep_rejected = keep_rejected
         self.lead = jax.process_index() == 0
         self._writer = None
         self._async = async_save
@@ -252,15 +275,33 @@ class Checkpoints:
         return None, None, rejected
 
     def reject(self, steps: list[int]) -> None:
-        """Move steps aside to rejected_checkpoints/ (process 0), so they are neither resumed from nor overwritten."""
+        """Move steps aside to rejected_checkpoints/ (process 0), so they are neither resumed from nor overwritten;
+        then keep only the newest `keep_rejected` there (each kill between orbax's commit and the manifest leaves
+        one whole checkpoint), naming what was deleted."""
         if not self.lead or not steps:
             return
         target = self.run_dir / REJECTED_DIR
         target.mkdir(exist_ok=True)
         for step in steps:
-            dest = target / f"{step}.{time.strftime('%Y%m%d-%H%M%S')}"
+            stamp, n = time.strftime('%Y%m%d-%H%M%S'), 0
+            while (dest := target / (f"{step}.{stamp}" + (f".{n}" if n else ""))).exists():  # same step, same second
+                n += 1
             os.replace(self.directory / str(step), dest)
             self.log(f"moved unusable checkpoint step {step} to {dest}")
+        self.prune_rejected()
+
+    def prune_rejected(self) -> None:
+        """Delete all but the newest `keep_rejected` entries of rejected_checkpoints/ (newest: last moved there)."""
+        target = self.run_dir / REJECTED_DIR
+        if not target.is_dir():
+            return
+        entries = sorted(target.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        drop = entries[: max(0, len(entries) - self.keep_rejected)]
+        for path in drop:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if drop:
+            self.log(f"deleted {len(drop)} older rejected checkpoint(s) ({', '.join(p.name for p in drop)}): "
+                     f"train.keep_rejected={self.keep_rejected} keeps the newest in {target}")
 
     # -- writing
     def _checkpointer(self):
@@ -280,8 +321,8 @@ class Checkpoints:
         intact = (f"the previous checkpoint, step {previous}, is intact" if previous is not None
                   else "no earlier checkpoint exists")
         return SaveError(f"saving the checkpoint of step {step} to {self.directory} failed: "
-                         f"{type(error).__name__}: {error}; {intact}. Free disk space or fix permissions, then rerun "
-                         "to resume from it")
+                         f"{type(error).__name__}: {error}; {intact}. {save_error_advice(error)}, then rerun to "
+                         "resume from it")
 
     def save(self, step: int, params, train_state, meta: dict, val_loss: float | None = None) -> None:
         """Start saving a step (returns once the arrays are off the devices); raises SaveError for this save or
@@ -351,6 +392,22 @@ class Checkpoints:
                 self._writer = None
 
 
+def save_error_advice(error: BaseException) -> str:
+    """What to do about a failed save, from what failed (not always the disk)."""
+    text = str(error)
+    if isinstance(error, TimeoutError) or "Timed out" in text or "did not complete within" in text:
+        return ("orbax gave up waiting for the background write: its timeout runs on the wall clock (time.time()), "
+                "so a clock jump (NTP, a suspended VM) or a file system that stalled ends it early; check the clock "
+                "and the file system")
+    no_space = isinstance(error, OSError) and error.errno in (28, 122) or "No space left" in text
+    denied = isinstance(error, PermissionError) or "Permission denied" in text or "Read-only file system" in text
+    if no_space:
+        return "Free disk space"
+    if denied:
+        return "Fix the permissions (or use a writable --config.run_root)"
+    return "Check the file system"
+
+
 def checkpoint_meta(step: int, cfg: GPTConfig, tokenizer, seed: int, windows_per_step: int) -> dict:
     """What a checkpoint records besides arrays. The loader is a pure function of (seed, step), so the data
     position is the step; windows_consumed says how far into the (permuted, epoch-wise) window order that is."""
@@ -383,6 +440,11 @@ def load_run(run_dir: str | Path, fallback: bool = True,
     on the default device, and the tokenizer its data used. A damaged step is named and an older one used."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT_DIR).is_dir():
+        from gpt2jax.weights.load import is_run_dir
+
+        if is_run_dir(run_dir):
+            raise RunDirError(f"{run_dir} is a training run with no checkpoint yet (it stopped before its first save); "
+                              "rerun its training command to resume it, or pick a run that saved one")
         raise RunDirError(f"{run_dir} is not a training run directory (no {CHECKPOINT_DIR}/ inside)")
     tokenizer_path = run_dir / TOKENIZER_FILE
     if not tokenizer_path.is_file():
@@ -391,12 +453,44 @@ def load_run(run_dir: str | Path, fallback: bool = True,
         tokenizer = tokenizer_from_dict(json.loads(tokenizer_path.read_text()))
     except (ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{tokenizer_path} is unreadable ({e}); copy it from the run's data directory") from None
-    from gpt2jax.model import abstract_params
-
     log = log or warn
     ckpts = Checkpoints(run_dir, read_only=True, log=log)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    for step in ckpts.candidates():
+    for attempt in range(LIVE_RUN_RETRIES):
+        listed = ckpts.candidates()
+        found = _load_newest(ckpts, listed, device, fallback, log)
+        if found is not None:
+            cfg, params, meta = found
+            if tokenizer.fingerprint != meta["tokenizer_fingerprint"]:
+                raise RunDirError(f"{tokenizer_path} ({tokenizer.fingerprint}) does not match the checkpoint's "
+                                  f"tokenizer ({meta['tokenizer_fingerprint']})")
+            return cfg, params, tokenizer
+        # nothing usable among the steps listed: a live run may have rotated them away while we read (it deletes
+        # an old step right after a newer one verifies) or be writing its first one; look again
+        writing = any(_modified_within(p, 60) for p in ckpts.directory.glob("*.orbax-checkpoint-tmp*"))
+        if ckpts.candidates() == listed and not writing:
+            break
+        time.sleep(0.5 if writing else 0.0)
+    raise RunDirError(f"{run_dir / CHECKPOINT_DIR} holds no usable checkpoint; train first (an interrupted first "
+                      "save leaves only a *.orbax-checkpoint-tmp directory)")
+
+
+LIVE_RUN_RETRIES = 20  # load_run: looks at the listing again while a live run rotates or writes (0.5 s apart)
+
+
+def _modified_within(path: Path, seconds: float) -> bool:
+    try:
+        return path.stat().st_mtime > time.time() - seconds
+    except OSError:  # renamed (committed) or deleted meanwhile
+        return True
+
+
+def _load_newest(ckpts: Checkpoints, steps: list[int], device, fallback: bool, log) -> tuple | None:
+    """(cfg, params, meta) of the first of `steps` that verifies, or None. A step that vanished while being read
+    (rotated away by a live run) is skipped quietly."""
+    from gpt2jax.model import abstract_params
+
+    for step in steps:
         try:
             try:
                 meta = ckpts.meta(step)
@@ -408,13 +502,11 @@ def load_run(run_dir: str | Path, fallback: bool = True,
                                   abstract_params(cfg))
             params = ckpts.restore(step, target)["params"]
         except CorruptCheckpointError as e:
+            if not (ckpts.directory / str(step)).is_dir():
+                continue  # rotated away by a live run while we read it
             if not fallback:
                 raise
             log(f"warning: {e}; trying an older checkpoint")
             continue
-        if tokenizer.fingerprint != meta["tokenizer_fingerprint"]:
-            raise RunDirError(f"{tokenizer_path} ({tokenizer.fingerprint}) does not match the checkpoint's "
-                              f"tokenizer ({meta['tokenizer_fingerprint']})")
-        return cfg, params, tokenizer
-    raise RunDirError(f"{run_dir / CHECKPOINT_DIR} holds no usable checkpoint; train first (an interrupted first "
-                      "save leaves only a *.orbax-checkpoint-tmp directory)")
+        return cfg, params, meta
+    return None

@@ -30,9 +30,10 @@ def resolve_source(source: str) -> tuple[str, str]:
     resolved to its local snapshot, or fails offline with the loader's message)."""
     from gpt2jax.errors import CheckpointError
     from gpt2jax.weights.hf import resolve_hf_dir
+    from gpt2jax.weights.load import is_run_dir
 
     path = Path(source).expanduser()
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and is_run_dir(path):  # also a run without a checkpoint yet: loading it says so
         return "run", str(path.resolve())
     try:
         return "hf", str(resolve_hf_dir(source).resolve())

@@ -20,7 +20,7 @@ def load_model(init_from: str, **config_overrides):
     config_overrides (dtype, attention, ...) apply to the model config, not to the weights.
     """
     path = Path(init_from).expanduser()
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and is_run_dir(path):  # also a run without a checkpoint yet: load_run says so
         from gpt2jax.weights.checkpoint import load_run
 
         cfg, params, tokenizer = load_run(path)
@@ -33,6 +33,19 @@ def load_model(init_from: str, **config_overrides):
         "a Hugging Face GPT-2 directory (config.json + model.safetensors), or one of gpt2, gpt2-medium, "
         "gpt2-large, gpt2-xl."
     )
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A gpt2jax training run directory (checkpoints/, or a config.json with model and train sections: a run that
+    stopped before its first save), as opposed to a Hugging Face directory (whose config.json is flat)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict)
 
 
 def logits_bytes(init_from: str, rows: int, n_ctx: int | None = None) -> int | None:
@@ -56,4 +69,4 @@ def logits_bytes(init_from: str, rows: int, n_ctx: int | None = None) -> int | N
         return None
 
 
-__all__ = ["load_model", "logits_bytes", "CheckpointError", "GPTConfig"]
+__all__ = ["load_model", "logits_bytes", "is_run_dir", "CheckpointError", "GPTConfig"]
