@@ -163,7 +163,12 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
                 label = value.pop("name", None)  # a bundle may name itself; "name" is not a config field
                 overrides.update(value)
                 parts.append(f"{key}=" + (label or "-".join(str(v) for v in value.values())))
-        out.append((",".join(parts) or "base", overrides))
+        # values become part of a directory name: a '/' (a path value, a bundle's "name") would leave run_root
+        name = (",".join(parts) or "base").translate({ord("/"): "_", ord("\\"): "_", 0: None})
+        if name in (n for n, _ in out):
+            raise ConfigError(f"two grid points of the sweep get the same run name {name!r} (their values differ only "
+                              "in '/' or '\\'); give the bundles a 'name' entry")
+        out.append((name, overrides))
     return out
 
 

@@ -1,5 +1,8 @@
 """An exclusive lock on a run directory, so two trainers never write the same checkpoints and metrics.
 
+A run directory that cannot be created or written (a read-only file system, someone else's directory, a full
+disk) is refused here, in one line (`RunDirUnwritable`), before anything else is written.
+
 `fcntl.flock` on `<run dir>/train.lock`, which holds the holder's pid, host and start time. The kernel drops the
 lock when its process dies, so a lock file left by a crashed (or SIGKILLed) run is stale by construction: the next
 trainer takes it over and says whose it was. The file is removed on release (after checking it is still ours).
@@ -24,6 +27,10 @@ class RunDirLocked(ConfigError):
     """Another live process trains in this run directory."""
 
 
+class RunDirUnwritable(ConfigError):
+    """The run directory cannot be created or written (read-only file system, permissions, full disk)."""
+
+
 class RunDirLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
@@ -31,6 +38,17 @@ class RunDirLock:
         self.stale: dict | None = None  # what a dead holder's file said, when we took it over
 
     def acquire(self) -> "RunDirLock":
+        """Take the lock; RunDirLocked when another live process holds it, RunDirUnwritable (one line) when the run
+        directory cannot be created or written (read-only file system, not our directory, full disk)."""
+        try:
+            return self._acquire()
+        except OSError as e:
+            raise RunDirUnwritable(
+                f"run directory {self.path.parent} cannot be written: {e.strerror or e}"
+                f"{f' ({e.filename})' if e.filename else ''}. Nothing was changed. Use a writable --config.run_root "
+                "that you own, with free space") from None
+
+    def _acquire(self) -> "RunDirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -56,10 +74,14 @@ class RunDirLock:
         old = _read(fd)
         if old and old.get("pid") != os.getpid():
             self.stale = old
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
-                                      started=time.strftime("%Y-%m-%d %H:%M:%S"))).encode(), 0)
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                                          started=time.strftime("%Y-%m-%d %H:%M:%S"))).encode(), 0)
+        except OSError:  # e.g. a full disk: give the lock back (and its file) before saying so
+            self.release()
+            raise
         return self
 
     def release(self) -> None:

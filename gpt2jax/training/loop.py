@@ -57,6 +57,7 @@ from gpt2jax.training.spec import TrainSpec, resolve
 from gpt2jax.training.state import StateLayout, train_items
 from gpt2jax.training.schema import check_train_config, mesh_and_rules
 from gpt2jax.runtime.watchdog import Watchdog, injected_sleep
+from gpt2jax.training.drift import check_config_drift
 
 
 # ---- the compiled functions ---------------------------------------------------------------------------------
@@ -312,8 +313,10 @@ def open_run_dir(spec: TrainSpec, tokenizer, stack: contextlib.ExitStack, say) -
         if lock.stale:
             say(f"note: took over the lock of a process that is gone ({lock.stale})")
     ckpts = ckpt_lib.Checkpoints(spec.run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best,
-                                 async_save=t.async_checkpoint, log=say)
+                                 async_save=t.async_checkpoint, log=say, keep_rejected=t.keep_rejected)
     check_run_dir(spec, tokenizer, ckpts)
+    if ckpts.steps():  # resuming: settings that would not continue the run exactly are refused (training/drift.py)
+        check_config_drift(spec.run_dir, json.loads(spec.config.to_json_best_effort()), t.allow_config_change, say)
     return ckpts
 
 

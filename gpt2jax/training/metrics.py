@@ -304,7 +304,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and "step" in record and "kind" in record:
+        # a hand-edited or foreign line ({"step": "x"}) is skipped like a torn one: rewind compares steps
+        if (isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
+                and isinstance(record.get("kind"), str)):
             records.append(record)
     return records
 

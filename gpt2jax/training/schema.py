@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
         keep_best=True,
         async_checkpoint=True,
         resume=True,  # continue from the run dir's latest checkpoint; False refuses to touch a run dir with one
+        # resuming with settings that change the training (seed, data, seq_len, batch, model, optim) is refused,
+        # naming them; True continues with the new settings (said in one line at start-up)
+        allow_config_change=False,
+        keep_rejected=1,  # unusable checkpoints moved to rejected_checkpoints/ on resume: keep the newest N
         sample_tokens=100,  # 0: no samples at evals
         sample_prompt="\n",
         sample_temperature=0.8,
@@ -145,13 +149,33 @@ def check_train_config(config) -> None:
             raise ConfigError(f"optim.{name} must be a finite number >= 0, got {o[name]}")
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0, got lr={o.lr}, min_lr={o.min_lr}")
-    if not config.name or "/" in config.name:
-        raise ConfigError(f"name={config.name!r} must be a non-empty directory name (no '/')")
+    if int(t.keep_rejected) < 0:
+        raise ConfigError(f"train.keep_rejected must be >= 0, got {t.keep_rejected}")
+    if not isinstance(t.allow_config_change, bool):
+        raise ConfigError(f"train.allow_config_change must be True or False, got {t.allow_config_change!r}")
+    check_run_name(config.name, config.run_root)
     run_dir = Path(config.run_root) / config.name
     for path in (Path(config.run_root), run_dir):
         if path.exists() and not path.is_dir():
             raise ConfigError(f"run directory {run_dir}: {path} exists and is not a directory; pick another "
                               "--config.run_root or --config.name")
+    for file in RUN_FILES:  # what the run writes: a directory (or a device) there would fail mid-run
+        if (path := run_dir / file).exists() and not path.is_file():
+            raise ConfigError(f"{path} is {'a directory' if path.is_dir() else 'not a regular file'}; the run writes "
+                              "that file: move it aside, or train under another --config.name")
+
+
+RUN_FILES = ("metrics.jsonl", "metrics.rewound.jsonl", "config.json", "tokenizer.json", "summary.json", "train.lock",
+             "init_from.json")
+
+
+def check_run_name(name, run_root) -> None:
+    """The run directory is <run_root>/<name>: the name must be one directory name, so the run stays inside
+    run_root (no '/', no '..', no absolute path)."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
+            or len(name.encode()) > 255):
+        raise ConfigError(f"name={name!r} must be one directory name inside run_root={run_root!r}: not empty, not "
+                          "'.' or '..', without '/' or '\\' (so no absolute path), at most 255 bytes")
 
 
 def data_parallel_devices(config, devices=None) -> int:
