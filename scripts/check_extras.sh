@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check that the base install and every extra of gpt2jax resolve against the package index for each supported
-# Python, without installing anything: `pip install --dry-run --ignore-installed --only-binary=:all: --target ...`
-# of `-r requirements.txt` and of each `.[extra]`, one line per (Python, target). Needs the package index (network or
+# Python, without installing anything: `pip install --dry-run --ignore-installed --prefer-binary --target ...` of
+# `-r requirements.txt` and of each `.[extra]`, one line per (Python, target). Needs the package index (network or
 # a mirror) and an interpreter of each Python version checked.
 #
 #   bash scripts/check_extras.sh                  base + cuda cuda13 tpu hub harness test, on Python 3.11 and 3.12
@@ -9,16 +9,19 @@
 #   PYTHONS="3.12" bash scripts/check_extras.sh   only this Python
 #   PYTHON3_12=/path/to/python3.12 ...            the interpreter to use (else python3.12 on PATH, pyenv's, uv's)
 #
-# Why a real interpreter per version and not `pip --python-version 3.12` from one Python: pip evaluates environment
-# markers (`; python_version >= "3.12"`, the lines that pick jax 0.10.2 or 0.11.2) against the interpreter it runs
-# in, whatever --python-version says (pypa/pip#10050), so a 3.11 pip "resolves for 3.12" the 3.11 stack. The script
-# also checks that the jax each dry-run would install is the one requirements.txt's markers pick for that Python.
-# Writes pip's full reports to ${OUT:-out/extras}/<python>-<target>.txt.
+# Why a real interpreter per version and not `pip --python-version 3.12 --only-binary=:all:` from one Python: pip
+# evaluates environment markers (`; python_version >= "3.12"`, the lines that pick jax 0.10.2 or 0.11.2) against the
+# interpreter it runs in, whatever --python-version says (pypa/pip#10050), so a 3.11 pip "resolves for 3.12" the
+# 3.11 stack; and --only-binary=:all: refuses lm-eval's sdist-only dependencies (sqlitedict, ...), which a real
+# install builds. So: the right interpreter, wheels preferred, and each line lists the sdists a real install would
+# build. The script also checks that the jax each dry-run would install is the one requirements.txt's markers pick.
+# Writes pip's full reports to ${OUT:-out/extras}/py<python>-<target>.txt and these lines to summary.txt.
 # Exit status: 0 all resolved, 1 a target failed, 3 an interpreter is missing (nothing else wrong).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/extras}
 mkdir -p "$out"
+exec > >(tee "$out/summary.txt") 2>&1  # the lines below, also kept with the reports
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(base cuda cuda13 tpu hub harness test)
 read -r -a pythons <<<"${PYTHONS:-3.11 3.12}"
@@ -58,11 +61,12 @@ for line in open('requirements.txt'):
     if [ "$target" = base ]; then spec=(-r requirements.txt); else spec=(".[$target]"); fi
     report="$out/py$v-$target.txt"
     start=$(date +%s)
-    if "$vpy" -m pip install --disable-pip-version-check --dry-run --ignore-installed --only-binary=:all: \
-         --python-version "$v" --target "$tmp/target" "${spec[@]}" >"$report" 2>&1; then
+    if "$vpy" -m pip install --disable-pip-version-check --dry-run --ignore-installed --prefer-binary \
+         --target "$tmp/target" "${spec[@]}" >"$report" 2>&1; then
       would=$(grep '^Would install' "$report")
+      sdists=$(grep -oE '[A-Za-z0-9_.-]+\.(tar\.gz|zip)\b' "$report" | sort -u | tr '\n' ' ')
       if [[ " $would " == *" jax-$want "* ]]; then
-        echo "[extras] py$v $target resolves ($(( $(date +%s) - start )) s): $(echo "$would" | cut -c1-600)"
+        echo "[extras] py$v $target resolves ($(( $(date +%s) - start )) s; sdists: ${sdists:-none}): $(echo "$would" | cut -c1-600)"
       else
         echo "[extras] py$v $target resolves but not to jax $want: $(echo "$would" | cut -c1-600)"
         status=1
