@@ -70,24 +70,25 @@ def configure_orbax() -> None:
     # a failed asynchronous write (e.g. a full disk) leaves tensorstore callbacks aimed at orbax's closed event
     # loop, and asyncio tasks whose exception nobody read: ~95 traceback lines before our one-line error
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    if not getattr(sys.excepthook, "quiet_closed_loop", False):
-        sys.excepthook = _quiet_closed_loop(sys.excepthook)
+    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
         override=True)
 
 
 def _quiet_closed_loop(previous):
-    """sys.excepthook that drops the "Event loop is closed" RuntimeError of a callback that tensorstore delivers
-    to orbax's asyncio loop after that loop was closed (printed via PyErr_Print, so through this hook)."""
-    def hook(kind, value, tb):
-        frames, t = [], tb
+    """sys.unraisablehook that drops the "Event loop is closed" RuntimeError of a callback that tensorstore delivers
+    to orbax's asyncio loop after that loop was closed (tensorstore reports it with PyErr_WriteUnraisable)."""
+    def hook(unraisable):
+        frames, t = [], unraisable.exc_traceback
         while t is not None:
             frames.append(t.tb_frame.f_code.co_name)
             t = t.tb_next
-        if kind is RuntimeError and str(value) == "Event loop is closed" and "call_soon_threadsafe" in frames:
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and "call_soon_threadsafe" in frames):
             return
-        previous(kind, value, tb)
+        previous(unraisable)
 
     hook.quiet_closed_loop = True
     return hook
