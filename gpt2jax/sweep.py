@@ -20,6 +20,16 @@ An experiment file defines `get_experiment()` returning an `Experiment`:
     replicas    True: the seeds of a variant train as one vmapped program (gpt2jax.training.replicas) when they can;
                 "auto" (default): only where that pays, on GPUs (on this CPU a vmapped step is slower than S
                 separate ones, bench/bench_replicas.py); False: never
+    tuned       config fields tuned by the grid (e.g. ("optim.lr",)): each is a column of the table, and the
+                scaling fits take the best run over them per (N, budget) or (N, D), saying which value won and
+                flagging a winner at the edge of its grid (gpt2jax.scaling.best_over)
+    flops       the FLOP convention of the fits' C: "6N+12LTC" (default, what every run records), "6N_nonemb"
+                (Kaplan et al. 2020) or "6ND" (gpt2jax.training.compute.FLOP_CONVENTIONS); stated in every table
+    compare     published laws to draw beside the fits: names of gpt2jax.scaling.PUBLISHED ("kaplan2020",
+                "hoffmann2022", "besiroglu2024")
+
+A grid bundle may carry a "budget" entry (as `gpt2jax.training.compute.isoflop_grid`'s do): not a config field,
+it is the run's compute budget, recorded in the table's `budget` column, by which the IsoFLOP fit groups runs.
 
 Per variant the table gives n, mean, std and the 95% t-interval of the metric over seeds, and with a baseline the
 Welch p-value (gpt2jax.studies.stats); every run's compute (params, tokens, FLOPs, wall time, MFU, gpt2jax.training.compute) is in
@@ -31,7 +41,11 @@ resumed sweep compiles nothing it compiled before (3 seeds of configs/tiny_test.
 about 1 s from the second seed on).
 
 Every variant is built and checked (config, data, mesh) before the first one trains, and a finished run
-(summary.json at max_steps) is not trained again, so an interrupted sweep resumes where it stopped.
+(summary.json at max_steps) is not trained again, so an interrupted sweep resumes where it stopped. A summary that
+is missing or incomplete (a run killed after its last checkpoint) is rebuilt from metrics.jsonl and the
+checkpoints. A run dir whose config.json differs from what the sweep asks now in a field that changes results
+(any --set, a changed grid value, other data; gpt2jax.studies.runs) is never reported as current: the sweep stops
+with one line saying what differs, or with --on_change=rename trains the run anew as "<run>~<config hash>".
 `--parallel K` trains up to K jobs (a run, or a variant's replica group) at once as child processes, each with its
 own share of the CPU cores (or its own GPUs), output in runs/<name>/logs/<job>.log, a progress line here.
 """
@@ -71,9 +85,13 @@ class Experiment:
     baseline: str = ""
     metrics: tuple = ()
     replicas: bool | str = "auto"
+    tuned: tuple = ()
+    flops: str = "6N+12LTC"
+    compare: tuple = ()
 
     def __post_init__(self):
-        from gpt2jax.scaling import FITS
+        from gpt2jax.scaling import FITS, PUBLISHED
+        from gpt2jax.training.compute import FLOP_CONVENTIONS
 
         fits = (self.fit,) if isinstance(self.fit, str) else tuple(self.fit)
         bad = [f for f in fits if f not in ("", "power_law", "scaling", *FITS)]
@@ -84,6 +102,14 @@ class Experiment:
             raise ConfigError(f"experiment {self.name}: the grid is empty")
         if isinstance(self.seeds, int) and self.seeds < 1 or not isinstance(self.seeds, int) and not self.seeds:
             raise ConfigError(f"experiment {self.name}: seeds={self.seeds!r} must be >= 1 or a non-empty list")
+        if self.flops not in FLOP_CONVENTIONS:
+            raise ConfigError(f"experiment {self.name}: flops={self.flops!r} must be one of {list(FLOP_CONVENTIONS)}")
+        bad = [c for c in self.compare if c not in PUBLISHED]
+        if bad:
+            raise ConfigError(f"experiment {self.name}: compare={bad[0]!r} must be one of {list(PUBLISHED)}")
+        bad = [t for t in self.tuned if "." not in t]
+        if bad:
+            raise ConfigError(f"experiment {self.name}: tuned={bad[0]!r} must be a config field, e.g. 'optim.lr'")
         if self.baseline and self.baseline not in [name for name, _ in variants(self)]:
             raise ConfigError(f"experiment {self.name}: baseline={self.baseline!r} is not a variant; variants: "
                               f"{[name for name, _ in variants(self)]}")
@@ -148,7 +174,8 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
 
     A grid key with a dot is one field ("model.n_head": [1, 2, 4]). A key without a dot names a bundle of fields
     that change together, each value a dict ("context": [{"data.seq_len": 32, "model.n_positions": 32}, ...]);
-    the variant is named after the bundle's values ("context=32-32-24"), or its "name" entry when it has one.
+    the variant is named after the bundle's values ("context=32-32-24"), or its "name" entry when it has one;
+    a "budget" entry is the variant's compute budget (`budgets`), not a config field.
     """
     grid = dict(experiment.grid)
     out = []
@@ -161,6 +188,7 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
             else:
                 value = dict(value)
                 label = value.pop("name", None)  # a bundle may name itself; "name" is not a config field
+                value.pop("budget", None)  # nor is its budget (see budgets)
                 overrides.update(value)
                 parts.append(f"{key}=" + (label or "-".join(str(v) for v in value.values())))
         # values become part of a directory name: a '/' (a path value, a bundle's "name") would leave run_root
@@ -169,6 +197,16 @@ def variants(experiment) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(f"two grid points of the sweep get the same run name {name!r} (their values differ only "
                               "in '/' or '\\'); give the bundles a 'name' entry")
         out.append((name, overrides))
+    return out
+
+
+def budgets(experiment) -> dict[str, float]:
+    """{variant: its bundle's "budget"} for the variants that have one."""
+    out = {}
+    for (name, _), values in zip(variants(experiment), itertools.product(*(list(v) for v in experiment.grid.values()))):
+        found = [v["budget"] for k, v in zip(experiment.grid, values) if "." not in k and "budget" in dict(v)]
+        if found:
+            out[name] = float(found[0])
     return out
 
 
@@ -215,7 +253,7 @@ def non_embedding_params(config) -> int:
     return count(GPTConfig.from_dict({**config.model.to_dict(), "vocab_size": 1, "padded_vocab_size": 0}))
 
 
-COMPUTE_COLUMNS = ("params", "tokens", "flops", "wall_s", "mfu")  # from gpt2jax.training.compute, per run
+COMPUTE_COLUMNS = ("params", "tokens", "flops", "wall_s", "mfu")  # + "budget" and the tuned axes when there are  # from gpt2jax.training.compute, per run
 STAT_COLUMNS = ("metric_n", "metric_mean", "metric_std", "metric_ci_lo", "metric_ci_hi", "p_vs_baseline")
 
 
@@ -269,12 +307,14 @@ def write_results(out_dir: Path, experiment, rows: list[dict]) -> dict:
     if experiment.scaling_fits():
         from gpt2jax import scaling
 
-        result["scaling"] = scaling.fit_all(done, "metric", "params", experiment.scaling_fits())
+        result["scaling"] = scaling.fit_all(done, "metric", "params", experiment.scaling_fits(), experiment.tuned,
+                                            experiment.flops)
         (out_dir / "scaling.json").write_text(json.dumps(result["scaling"], indent=1) + "\n")
         plots = scaling.plot_fits(result["scaling"], done, out_dir, "metric", "params", experiment.name,
-                                  experiment.metric)
+                                  experiment.metric, experiment.flops, experiment.compare)
         lines += ["", "Scaling fits (gpt2jax.scaling; N = all parameters, D = tokens, C = training FLOPs):",
-                  *scaling.describe(result["scaling"]), *[f"![{p.stem}]({p.name})" for p in plots]]
+                  *scaling.describe(result["scaling"], "params", experiment.flops),
+                  *[f"![{p.stem}]({p.name})" for p in plots]]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(out_dir / "results.png", experiment, means, stats, result.get("fit"))
@@ -344,12 +384,47 @@ def _plot(path: Path, experiment, rows: list[dict], stats: dict, fit) -> None:
 
 
 def summary_of(config) -> dict:
-    path = Path(config.run_root) / config.name / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The run's summary; a missing or incomplete one of a run that reached max_steps is rebuilt (and said)."""
+    from gpt2jax.studies.runs import run_state
+
+    state, summary = run_state(config)
+    if state == "rebuilt":
+        print(f"{config.name}: summary.json was missing or incomplete: rebuilt from metrics.jsonl and the checkpoints")
+    return summary
 
 
 def is_finished(config) -> bool:
-    return summary_of(config).get("step") == config.train.max_steps
+    from gpt2jax.studies.runs import complete
+
+    return complete(summary_of(config), config)
+
+
+ON_CHANGE = ("stop", "rename")
+
+
+def name_runs(experiment, configs, on_change: str = "stop") -> None:
+    """Make sure no run dir holds a run trained with another config than the one asked for now (in the fields that
+    change results, gpt2jax.studies.runs.config_differences): "stop" raises one line saying what differs;
+    "rename" gives such a run the name "<run>~<hash of its config>" (found again by the same sweep later)."""
+    from gpt2jax.studies.runs import config_differences, config_tag
+
+    if on_change not in ON_CHANGE:
+        raise ConfigError(f"--on_change must be one of {ON_CHANGE}, got {on_change!r}")
+    stale = []
+    for _, config in configs:
+        diffs = config_differences(config)
+        if diffs and on_change == "rename":
+            config.name = f"{config.name}~{config_tag(config)}"
+            diffs = config_differences(config)
+        if diffs:
+            stale.append((config.name, diffs))
+    if stale:
+        name, diffs = stale[0]
+        more = f"; and {len(stale) - 1} more run(s)" if len(stale) > 1 else ""
+        raise ConfigError(
+            f"{len(stale)} of {len(configs)} runs in {Path(experiment.run_root) / experiment.name} were trained with "
+            f"another config than this sweep asks for ({name}: {', '.join(diffs)}{more}); nothing was trained or "
+            f"reported: rerun with --on_change=rename to train them anew under names of their own, or move them aside")
 
 
 def jobs_of(experiment, configs) -> list[list]:
@@ -391,11 +466,12 @@ def job_name(job) -> str:
 
 
 def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run: bool = False, parallel: int = 1,
-              only: list[str] | None = None) -> dict:
+              only: list[str] | None = None, on_change: str = "stop") -> dict:
     experiment = load_py(experiment_file, "get_experiment")
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"{experiment_file}: get_experiment() must return a gpt2jax.sweep.Experiment")
     configs = build_configs(experiment, extra or {})
+    name_runs(experiment, configs, on_change)
     out_dir = Path(experiment.run_root) / experiment.name
     if only is not None:  # a child of --parallel: train these jobs, leave the table to the parent
         for job in jobs_of(experiment, configs):
@@ -414,18 +490,27 @@ def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run
     if parallel > 1 and len(jobs) > 1:
         from gpt2jax.studies.parallel import run_parallel
 
-        run_parallel(experiment_file, extra or {}, [job_name(j) for j in jobs], parallel, out_dir / "logs")
+        run_parallel(experiment_file, extra or {}, [job_name(j) for j in jobs], parallel, out_dir / "logs",
+                     flags=["--on_change", on_change])
     else:
         for i, job in enumerate(jobs):
             print(f"[job {i + 1}/{len(jobs)}] ", end="")
             run_job(job)
+    from gpt2jax.studies.runs import complete
+
     rows = []
+    budget_of = budgets(experiment)
     for name, config in configs:
         summary = summary_of(config)
+        finished = complete(summary, config)  # a stopped or broken run's numbers are not results
         row = dict(variant=name, non_embedding_params=non_embedding_params(config), steps=summary.get("step"),
-                   metric=lookup(summary, experiment.metric))
+                   metric=lookup(summary, experiment.metric) if finished else None)
         row.update({k: lookup(summary, k) for k in experiment.metrics})
-        row.update(seed=config.seed, **{k: summary.get(k) for k in COMPUTE_COLUMNS})
+        row.update(seed=config.seed, run=config.name)
+        if budget_of:
+            row["budget"] = budget_of.get(name)
+        row.update({axis: lookup(config.to_dict(), axis) for axis in experiment.tuned})
+        row.update({k: summary.get(k) for k in COMPUTE_COLUMNS})
         rows.append(row)
     result = write_results(out_dir, experiment, rows)
     print((out_dir / "results.md").read_text())
@@ -442,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
                         help="train up to K jobs at once as child processes, each on its own share of the CPU cores "
                              "(or its own GPUs); logs in runs/<experiment>/logs/")
+    parser.add_argument("--on_change", choices=ON_CHANGE, default="stop",
+                        help="a run dir trained with another config than asked for now: stop (default) and say what "
+                             "differs, or rename: train it anew as <run>~<config hash>")
     parser.add_argument("--only", action="append", default=None, help=argparse.SUPPRESS)  # --parallel's children
     args = parser.parse_args(argv)
     if args.parallel < 1:
@@ -453,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
         field, value = item.split("=", 1)
         extra[field] = parse_value(value)
     try:
-        return run_sweep(args.experiment, extra, args.dry_run, args.parallel, args.only)
+        return run_sweep(args.experiment, extra, args.dry_run, args.parallel, args.only, args.on_change)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
 

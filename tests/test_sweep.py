@@ -6,7 +6,7 @@ import pytest
 
 from gpt2jax.config import ConfigError
 from gpt2jax.sweep import Experiment, fit_power_law, run_sweep, variants
-from tests.conftest import REPO
+from tests.conftest import REPO, XLA_CACHE
 
 EXPERIMENT = '''
 from gpt2jax.sweep import Experiment
@@ -147,3 +147,138 @@ def test_results_with_scaling_fits_write_fits_and_plots(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "IsoFLOP (approach 2): N_opt = " in md and "![scaling_isoflop](scaling_isoflop.png)" in md
     assert (tmp_path / "scaling_isoflop.png").stat().st_size > 0 and (tmp_path / "scaling.json").is_file()
+
+
+# ---- sweep integrity (issue 35, item 5): each test failed on the main of 2026-12-07 ---------------------------
+
+INTEGRITY_EXPERIMENT = '''
+from gpt2jax.sweep import Experiment
+
+def get_experiment():
+    return Experiment(
+        name="tiny_integrity",
+        base="{base}",
+        overrides={{"data.dir": "{data}", "train.max_steps": 4, "train.eval_every": 2, "train.log_every": 2,
+                    "train.async_checkpoint": False, "optim.warmup_steps": 1,
+                    "train.compilation_cache_dir": "{cache}"}},
+        grid={{"model.n_head": {heads}}},
+        run_root="{root}",
+        metric="val_loss",
+        metrics=("loss",),
+    )
+'''
+
+
+def integrity_experiment(tmp_path, char_data, heads=(1,)):
+    exp_file = tmp_path / "exp.py"
+    exp_file.write_text(INTEGRITY_EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=char_data,
+                                                    root=tmp_path / "runs", heads=list(heads), cache=XLA_CACHE))
+    return exp_file, tmp_path / "runs" / "tiny_integrity"
+
+
+def test_trainer_resumed_at_its_end_takes_losses_from_metrics(tmp_path, char_data):
+    """A run killed after its last checkpoint and before summary.json: the same command again resumes at max_steps
+    and its summary carries the losses of metrics.jsonl (they were null)."""
+    from gpt2jax.train import parse_config, train
+
+    c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py")])
+    c.data.dir, c.run_root, c.name = str(char_data), str(tmp_path), "killed_at_end"
+    c.train.compilation_cache_dir = XLA_CACHE
+    c.train.update(max_steps=4, eval_every=2, log_every=2, async_checkpoint=False)
+    c.optim.warmup_steps = 1
+    first = train(c)
+    (tmp_path / "killed_at_end" / "summary.json").unlink()
+    again = train(c)
+    assert again["start_step"] == 4 and again["step"] == 4
+    assert again["loss"] == first["loss"] and again["val_loss"] == first["val_loss"]
+    assert again["loss"] is not None and again["val_loss"] is not None
+
+
+def test_sweep_rebuilds_missing_and_incomplete_summaries(tmp_path, capsys, char_data):
+    exp_file, out = integrity_experiment(tmp_path, char_data)
+    first = run_sweep(str(exp_file))["rows"]
+    path = out / first[0]["variant"] / "summary.json"
+    written = json.loads(path.read_text())
+    for damage in ("missing", "incomplete"):
+        if damage == "missing":
+            path.unlink()  # killed between the last checkpoint and the summary
+        else:  # written by yesterday's trainer for a run resumed at its end
+            path.write_text(json.dumps(dict(written, loss=None, val_loss=None)))
+        capsys.readouterr()
+        again = run_sweep(str(exp_file))["rows"]
+        printed = capsys.readouterr().out
+        assert "training" not in printed  # nothing retrained: rebuilt from metrics.jsonl and the checkpoints
+        assert "summary.json was missing or incomplete: rebuilt" in printed and "1 of 1 runs already finished" in printed
+        a, b = first[0], again[0]
+        assert b["metric"] == a["metric"] and b["loss"] == a["loss"] and b["steps"] == 4
+        assert b["tokens"] == a["tokens"] and b["flops"] == a["flops"] and b["wall_s"] == pytest.approx(a["wall_s"])
+        assert json.loads(path.read_text())["val_loss"] == a["metric"]
+
+
+def test_sweep_never_reports_runs_of_a_different_config(tmp_path, capsys, char_data):
+    from gpt2jax.sweep import main
+
+    exp_file, out = integrity_experiment(tmp_path, char_data)
+    first = run_sweep(str(exp_file))
+    # a field that changes nothing in the results (progress bars) does not make a run stale
+    capsys.readouterr()
+    run_sweep(str(exp_file), {"train.progress": True, "train.tensorboard": True})
+    assert "1 of 1 runs already finished" in capsys.readouterr().out
+    # the bug: "1 of 1 runs already finished" and the old lr's table
+    with pytest.raises(SystemExit) as stop:
+        main([str(exp_file), "--set", "optim.lr=0.1"])
+    message = str(stop.value)
+    assert len(message.splitlines()) == 1
+    assert "optim.lr" in message and "0.003" in message and "0.1" in message
+    assert json.loads((out / "results.json").read_text())["rows"] == first["rows"]  # the old table stays as it was
+    # --on_change=rename: trained anew under a name of its own, the old run kept
+    capsys.readouterr()
+    renamed = main([str(exp_file), "--set", "optim.lr=0.1", "--on_change", "rename"])
+    row = renamed["rows"][0]
+    assert row["variant"] == "n_head=1" and row["run"] != "n_head=1" and row["metric"] != first["rows"][0]["metric"]
+    assert json.loads((out / row["run"] / "config.json").read_text())["optim"]["lr"] == 0.1
+    assert json.loads((out / "n_head=1" / "config.json").read_text())["optim"]["lr"] == 0.003
+    capsys.readouterr()
+    again = main([str(exp_file), "--set", "optim.lr=0.1", "--on_change", "rename"])  # finds its renamed run
+    assert "1 of 1 runs already finished" in capsys.readouterr().out and again["rows"][0]["run"] == row["run"]
+
+
+def test_wall_time_sums_every_process_of_a_run(tmp_path, char_data):
+    from gpt2jax.train import parse_config, train
+
+    c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py")])
+    c.data.dir, c.run_root, c.name = str(char_data), str(tmp_path), "resumed"
+    c.train.compilation_cache_dir = XLA_CACHE
+    c.train.update(max_steps=4, eval_every=2, log_every=2, async_checkpoint=False, stop_at=2)
+    c.optim.warmup_steps = 1
+    first = train(c)
+    assert first["step"] == 2
+    c.train.stop_at = 0
+    second = train(c)
+    assert second["start_step"] == 2 and second["step"] == 4
+    assert second["wall_s"] >= first["wall_s"] + second["time_s"]["wall"] - 0.01
+    assert second["processes"] == 2
+
+
+def test_results_of_an_isoflop_study_with_a_tuned_lr(tmp_path):
+    """The table names each point's best lr, flags the ones at the grid's edge, states the FLOP convention; the
+    sweep records budgets and tuned values as columns."""
+    from gpt2jax.sweep import budgets, write_results
+    from gpt2jax.training.compute import isoflop_grid
+    from tests.test_scaling import tuned_rows
+
+    grid = isoflop_grid([1e11, 3e11], [(1, 16), (2, 32)], 64, 64 * 16, vocab_size=65, head_dim=16)
+    exp = Experiment(name="iso_lr", base="b.py", grid={"point": grid, "optim.lr": [1e-3, 2e-3]}, tuned=("optim.lr",),
+                     fit=("isoflop", "L(N)"), compare=("hoffmann2022",))
+    assert set(budgets(exp).values()) == {1e11, 3e11} and "budget" not in variants(exp)[0][1]
+    rows = [dict(variant=f"v{i}", non_embedding_params=r["params"], steps=1, metric=r["metric"], seed=r["seed"],
+                 run=f"v{i}", budget=r["budget"], **{"optim.lr": r["optim.lr"]}, params=r["params"],
+                 tokens=r["tokens"], flops=r["flops"], wall_s=1.0, mfu=None)
+            for i, r in enumerate(tuned_rows([1e-3, 2e-3, 4e-3], lambda n: 8e-3 if n < 1e9 else 2e-3))]
+    result = write_results(tmp_path, exp, rows)
+    md = (tmp_path / "results.md").read_text()
+    assert "- FLOPs: convention '6N+12LTC'" in md and "| optim.lr tried | optim.lr best |" in md
+    assert "extend the lr grid" in md and "- isoflop: FLAGGED, not a result (" in md
+    assert "- L(N): refused (these are IsoFLOP rows" in md
+    assert "![scaling_tuned](scaling_tuned.png)" in md and (tmp_path / "scaling_tuned.png").stat().st_size > 0
+    assert result["scaling"]["tuned"]["axes"] == ["optim.lr"]

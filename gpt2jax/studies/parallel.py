@@ -56,8 +56,10 @@ def safe_name(job: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", job)
 
 
-def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log_dir: Path) -> None:
-    """Run every job in a child process, at most k at once; raise SystemExit naming failed jobs and their logs."""
+def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log_dir: Path,
+                 flags: list[str] | tuple = ()) -> None:
+    """Run every job in a child process, at most k at once; raise SystemExit naming failed jobs and their logs.
+    flags: more arguments for each child (e.g. --on_change rename, so that it names the runs as this process)."""
     import json
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log
             log = open(log_dir / f"{safe_name(job)}.log", "w")
             cpus = slots[slot]["cpus"]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gpt2jax.sweep", experiment_file, *sets, "--only", job],
+                [sys.executable, "-m", "gpt2jax.sweep", experiment_file, *sets, *flags, "--only", job],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **slots[slot]["env"], "PYTHONUNBUFFERED": "1"},
                 preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None)
             running[proc] = (job, slot, log, time.time())

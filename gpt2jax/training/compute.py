@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from gpt2jax.config import GPTConfig
 
 
@@ -43,7 +45,8 @@ def isoflop_grid(budgets, sizes, seq_len: int, tokens_per_step: int, vocab_size:
                  min_steps: int = 20) -> list[dict]:
     """Sweep bundles for IsoFLOP profiles: for each budget C and each (n_layer, n_embd) in its list of sizes, the
     model fields and train.max_steps = round(C / (flops_per_token * tokens_per_step)), so that every run of a
-    budget spends C training FLOPs (to the rounding of whole steps); each point is named "<C>_<n_layer>x<n_embd>".
+    budget spends C training FLOPs (to the rounding of whole steps); each point is named "<C>_<n_layer>x<n_embd>"
+    and carries its "budget" C (the sweep's `budget` column, by which the IsoFLOP fit groups its runs).
     sizes: one list for all budgets, or a list
     per budget. Points with fewer than min_steps steps are left out."""
     from gpt2jax.model import flops_per_token
@@ -55,9 +58,105 @@ def isoflop_grid(budgets, sizes, seq_len: int, tokens_per_step: int, vocab_size:
                             vocab_size=vocab_size)
             steps = round(budget / (flops_per_token(cfg, seq_len) * tokens_per_step))
             if steps >= min_steps:
-                points.append({"name": f"{budget:.0e}_{n_layer}x{n_embd}", "model.n_layer": n_layer, "model.n_embd": n_embd, "model.n_head": cfg.n_head,
+                points.append({"name": f"{budget:.0e}_{n_layer}x{n_embd}", "budget": float(budget),
+                               "model.n_layer": n_layer, "model.n_embd": n_embd, "model.n_head": cfg.n_head,
                                "train.max_steps": steps, "train.eval_every": steps})
     return points
+
+
+# ---- a run across its processes (resumes) -------------------------------------------------------------------
+
+PROCESSES_FILE = "processes.jsonl"  # one line per process of a run that reached its summary
+
+
+def record_process(run_dir, start_step: int, step: int, wall_s: float, stopped_by=None) -> None:
+    """Append this process's line to run_dir/processes.jsonl (never rewound: every process's time counts)."""
+    import json
+    import time
+    from pathlib import Path
+
+    with open(Path(run_dir) / PROCESSES_FILE, "a") as f:
+        f.write(json.dumps(dict(start_step=start_step, step=step, wall_s=wall_s, ended=time.time(),
+                                stopped_by=stopped_by)) + "\n")
+
+
+def run_wall_time(run_dir, start_step: int | None = None, this_wall_s: float = 0.0) -> dict:
+    """The wall time of a whole run: every process's seconds, this one (started at `start_step`, `this_wall_s`
+    so far) included. -> dict(wall_s, processes, wall_s_estimated).
+
+    Processes that wrote a summary left a line in processes.jsonl. A process killed before its summary left none:
+    its steps are a gap between one line's `step` and the next process's `start_step`, and it counts with the
+    last `elapsed_s` of its train records in metrics.jsonl (a lower bound: its time after that record is lost;
+    a record whose elapsed_s falls below its predecessor's starts another killed process). A run dir from before
+    processes.jsonl counts its summary.json's wall_s."""
+    import json
+    from pathlib import Path
+
+    from gpt2jax.training.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    lines = []
+    path = run_dir / PROCESSES_FILE
+    if path.is_file():
+        for text in path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(text))
+            except ValueError:
+                continue
+    lines.sort(key=lambda r: r.get("ended", 0))
+    total, processes, estimated = sum(float(r.get("wall_s") or 0) for r in lines), len(lines), False
+    covered = [(int(r["start_step"]), int(r["step"])) for r in lines]
+    if not lines and (run_dir / "summary.json").is_file():  # an older run dir: its last summary's process
+        try:
+            old = json.loads((run_dir / "summary.json").read_text())
+            if start_step is None or old.get("step") == start_step:
+                total += float(old.get("wall_s") or 0)
+                processes += 1
+                covered.append((int(old.get("start_step") or 0), int(old["step"])))
+        except (ValueError, KeyError, TypeError):
+            pass
+    # gaps: steps no line accounts for, run by processes that were killed
+    ends = sorted({0} | {b for _, b in covered})
+    starts = {a for a, _ in covered} | ({start_step} if start_step is not None else set())
+    records = sorted((r for r in read_metrics(run_dir) if r["kind"] == "train" and "elapsed_s" in r),
+                     key=lambda r: r["step"])
+    for lo in ends:
+        if lo in starts:
+            continue  # a process started where the last one stopped: no gap
+        # up to the next start; with no process running now, a killed last process ran to the end
+        hi = min([s for s in starts if s > lo], default=math.inf if start_step is None else None)
+        if hi is None:
+            continue
+        last = None
+        for r in records:
+            if lo < r["step"] <= hi:
+                if last is not None and r["elapsed_s"] < last:  # another killed process begins
+                    total, processes = total + last, processes + 1
+                last = r["elapsed_s"]
+        if last is not None:
+            total, processes, estimated = total + last, processes + 1, True
+    if start_step is not None:
+        total, processes = total + this_wall_s, processes + 1
+    return dict(wall_s=total, processes=processes, wall_s_estimated=estimated)
+
+
+def logged_losses(run_dir, step: int) -> dict:
+    """loss and val_loss at `step` as metrics.jsonl has them (the last train and eval records at or before
+    `step`), and the final record at `step` (or None): for a summary whose process ran no steps (a run resumed
+    at its end) or one rebuilt without training."""
+    from gpt2jax.training.metrics import read_metrics
+
+    out = dict(loss=None, val_loss=None, final=None)
+    for r in read_metrics(run_dir):
+        if r["step"] > step:
+            continue
+        if r["kind"] == "train" and "loss" in r:
+            out["loss"] = r["loss"]
+        elif r["kind"] == "eval" and "val_loss" in r:
+            out["val_loss"] = r["val_loss"]
+        elif r["kind"] == "final" and r["step"] == step:
+            out["final"] = {k: v for k, v in r.items() if k not in ("kind", "step")}
+    return out
 
 
 # ---- FLOP conventions of a study's C -----------------------------------------------------------------------

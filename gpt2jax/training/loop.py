@@ -41,7 +41,7 @@ from gpt2jax.runtime import hostmem
 from gpt2jax.weights import init_from as init_lib
 from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.training import multistep
-from gpt2jax.training.compute import compute_summary
+from gpt2jax.training.compute import compute_summary, logged_losses, record_process, run_wall_time
 from gpt2jax.training.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
 from gpt2jax.data.shards import open_split
@@ -547,7 +547,14 @@ def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float
                                    time.time() - t0, run.peak))
     summary["time_s"] = run.clock.summary(loop_s)
     run.say(metrics_lib.RunClock.line(summary["time_s"]))
+    if summary["loss"] is None or summary["val_loss"] is None:  # no step logged here (resumed at its end)
+        logged = logged_losses(spec.run_dir, step)
+        summary.update({k: summary[k] if summary[k] is not None else logged[k] for k in ("loss", "val_loss")})
+    # wall_s: every process of the run (time_s["wall"] is this one's)
+    this_wall_s = summary["wall_s"]
+    summary.update(run_wall_time(spec.run_dir, run.start, this_wall_s))
     if run.lead:
+        record_process(spec.run_dir, run.start, step, this_wall_s, stop.requested)
         if spec.train.plot:
             metrics_lib.plot_losses(spec.run_dir)
         (spec.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
