@@ -97,15 +97,15 @@ def test_a_step_that_cannot_divide_is_refused_with_the_fix():
 
 
 def test_a_per_device_batch_trains(char_data, tmp_path):
-    """Through the loop: 2 rows on each of 4 devices, 2 micro-batches to reach 16 rows x 32 tokens per step."""
+    """Through the loop: 4 rows on each of 2 devices, 2 micro-batches to reach 16 rows x 32 tokens per step."""
     import jax
 
     from gpt2jax.training.loop import train
 
     c = parse_config(["train", "--config", "tiny_test", f"--config.data.dir={char_data}",
                       f"--config.run_root={tmp_path}", "--config.train.max_steps=2", "--config.train.log_every=1", "--config.optim.warmup_steps=0",
-                      "--config.train.batch_size_per_device=2", "--config.train.tokens_per_step=512"])
-    summary = train(c, jax.devices()[:4])
+                      "--config.train.batch_size_per_device=4", "--config.train.tokens_per_step=512"])
+    summary = train(c, jax.devices()[:2])
     assert summary["step"] == 2
     import json
 

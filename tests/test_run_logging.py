@@ -129,19 +129,19 @@ def test_wandb_asked_for_but_not_installed_is_one_line(char_data, tmp_path, monk
 def test_a_larger_max_steps_on_resume_says_what_the_schedule_does(char_data, tmp_path):
     from gpt2jax.training.optim import lr_schedule
 
-    common = ["--config.train.log_every=4", "--config.train.eval_every=4", "--config.optim.warmup_steps=2",
+    common = ["--config.train.log_every=4", "--config.train.eval_every=4", "--config.optim.warmup_steps=1",
               "--config.train.steps_per_call=4"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        train(tiny(char_data, tmp_path, "--config.train.max_steps=8", *common))
-    assert "max_steps 8 ->" not in out.getvalue()
+        train(tiny(char_data, tmp_path, "--config.train.max_steps=4", *common))
+    assert "max_steps 4 ->" not in out.getvalue()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        summary = train(tiny(char_data, tmp_path, "--config.train.max_steps=16", *common))
-    assert summary["start_step"] == 8 and summary["step"] == 16
-    old, new = float(lr_schedule(3e-3, 3e-4, 2, 8)(8)), float(lr_schedule(3e-3, 3e-4, 2, 16)(8))
-    expected = (f"max_steps 8 -> 16: the cosine decay now ends at step 16 (was 8); the learning rate at the resume "
-                f"step 8 jumps from {old:.3g} to {new:.3g}")
+        summary = train(tiny(char_data, tmp_path, "--config.train.max_steps=8", *common))
+    assert summary["start_step"] == 4 and summary["step"] == 8
+    old, new = float(lr_schedule(3e-3, 3e-4, 1, 4)(4)), float(lr_schedule(3e-3, 3e-4, 1, 8)(4))
+    expected = (f"max_steps 4 -> 8: the cosine decay now ends at step 8 (was 4); the learning rate at the resume "
+                f"step 4 jumps from {old:.3g} to {new:.3g}")
     assert expected in out.getvalue().splitlines(), out.getvalue()
     assert new > 3 * old  # 3e-4 (the end of the old decay) -> halfway down the new one
 
