@@ -13,9 +13,10 @@
 # evaluates environment markers (`; python_version >= "3.12"`, the lines that pick jax 0.10.2 or 0.11.2) against the
 # interpreter it runs in, whatever --python-version says (pypa/pip#10050), so a 3.11 pip "resolves for 3.12" the
 # 3.11 stack; and --only-binary=:all: refuses lm-eval's sdist-only dependencies (sqlitedict, ...), which a real
-# install builds. So: the right interpreter, wheels preferred, and each line lists the sdists a real install would
-# build. The script also checks that the jax each dry-run would install is the one requirements.txt's markers pick.
-# Writes pip's full reports to ${OUT:-out/extras}/py<python>-<target>.txt and these lines to summary.txt.
+# install builds. So: the right interpreter, wheels preferred, and each line lists the key packages and the sdists
+# a real install would build (from pip's --report). The script also checks that the jax each dry-run would install is
+# the one requirements.txt's markers pick.
+# Writes pip's output and JSON report to ${OUT:-out/extras}/py<python>-<target>.{txt,json}, these lines to summary.txt.
 # Exit status: 0 all resolved, 1 a target failed, 3 an interpreter is missing (nothing else wrong).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,13 +63,28 @@ for line in open('requirements.txt'):
     report="$out/py$v-$target.txt"
     start=$(date +%s)
     if "$vpy" -m pip install --disable-pip-version-check --dry-run --ignore-installed --prefer-binary \
-         --target "$tmp/target" "${spec[@]}" >"$report" 2>&1; then
-      would=$(grep '^Would install' "$report")
-      sdists=$(grep -oE '[A-Za-z0-9_.-]+\.(tar\.gz|zip)\b' "$report" | sort -u | tr '\n' ' ')
-      if [[ " $would " == *" jax-$want "* ]]; then
-        echo "[extras] py$v $target resolves ($(( $(date +%s) - start )) s; sdists: ${sdists:-none}): $(echo "$would" | cut -c1-600)"
+         --target "$tmp/target" --report "$out/py$v-$target.json" "${spec[@]}" >"$report" 2>&1; then
+      # pip's JSON report: what would be installed, and from where (a cached wheel built from an sdist still
+      # reports the sdist's URL: a fresh machine builds it)
+      summary=$("$vpy" - "$out/py$v-$target.json" "$want" <<'PY'
+import json, re, sys
+items = json.load(open(sys.argv[1]))["install"]
+pkgs = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in items}
+key = [f"{n} {v}" for n, v in sorted(pkgs.items()) if re.match(
+    r"(jax|jaxlib|flax|optax|orbax-checkpoint|numpy|libtpu|jax-cuda\d+-(plugin|pjrt)|nvidia-cudnn.*|nvidia-nccl.*|"
+    r"huggingface-hub|lm-eval|torch|transformers|datasets|accelerate)$", n)]
+sdists = sorted(f"{i['metadata']['name']} {i['metadata']['version']}" for i in items
+                if not i.get("is_direct") and not i["download_info"]["url"].endswith(".whl"))
+nvidia = sum(n.startswith("nvidia-") for n in pkgs)
+print(f"{len(pkgs)} packages; {', '.join(key)}" + (f" ({nvidia} nvidia-* packages in all)" if nvidia else "")
+      + f"; from sdists: {', '.join(sdists) or 'none'}")
+sys.exit(0 if pkgs.get("jax") == sys.argv[2] else 1)
+PY
+)
+      if [ $? -eq 0 ]; then
+        echo "[extras] py$v $target resolves ($(( $(date +%s) - start )) s): $summary"
       else
-        echo "[extras] py$v $target resolves but not to jax $want: $(echo "$would" | cut -c1-600)"
+        echo "[extras] py$v $target resolves but not to jax $want: $summary"
         status=1
       fi
     else
