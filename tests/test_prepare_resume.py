@@ -3,7 +3,6 @@ reader with one line and resumes to the tokens of an uninterrupted one; --overwr
 new one is whole; a damaged meta.json is one error line; jsonl / parquet / text-folder / saved-dataset inputs; the
 val split holds at most --val_tokens tokens."""
 import json
-import os
 import random
 import signal
 import subprocess
@@ -111,7 +110,8 @@ def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kin
         if not (out / META_FILE).exists():  # (else it finished before the kill landed)
             subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)  # resumes
         assert same_tokens(out, ref), f"trial {trial}: resumed tokens differ"
-        assert json.loads((out / META_FILE).read_text())["splits"] == json.loads((ref / META_FILE).read_text())["splits"]
+        meta, ref_meta = (json.loads((x / META_FILE).read_text()) for x in (out, ref))
+        assert meta["splits"] == ref_meta["splits"]
         assert not (out / PROGRESS_FILE).exists()
     assert killed >= 3, f"only {killed} kills landed inside the prepare"
 
@@ -156,13 +156,23 @@ def test_overwrite_with_a_bad_input_keeps_the_old_dataset(tmp_path, capsys):
                                      "--block_bytes", "4096"], capsys)
     assert "bad.jsonl line 150 is not a JSON object" in err
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
-    # a good rebuild replaces it (swapped in whole; other files in d are kept) and leaves nothing beside it
+    # a rebuild killed half-way: the old dataset is whole; the rerun resumes beside it, then swaps it in (other
+    # files in d are kept) and leaves nothing beside it
     (d / "notes.txt").write_text("mine")
+    before["notes.txt"] = b"mine"
     other = tmp_path / "other.jsonl"
-    write_jsonl(other, 100, seed=5)
-    prep.main(["--input", str(other), "--out", str(d), "--overwrite", "--workers", "1"])
+    write_jsonl(other, 300, seed=5)
+    opts = ["--input", other, "--out", d, "--overwrite", "--workers", 1, "--shard_tokens", 2000, "--block_bytes", 4096]
+    proc = subprocess.Popen(prepare_cli(*opts), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / ".d.prepare-new"
+    while proc.poll() is None and len(list(staging.glob("train_*.bin"))) < 3:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL and (staging / PROGRESS_FILE).exists()
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before and len(tokens(d)[0]) > 0
+    subprocess.run(prepare_cli(*opts), cwd=REPO, check=True, capture_output=True)
     fresh = tmp_path / "fresh"
-    prep.main(["--input", str(other), "--out", str(fresh), "--workers", "1"])
+    prep.main(["--input", str(other), "--out", str(fresh), "--workers", "1", "--shard_tokens", "2000"])
     assert same_tokens(d, fresh) and (d / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -188,7 +198,8 @@ def test_damaged_meta_json_is_one_error_line(tmp_path, damage, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--config", str(REPO / "configs" / "tiny_test.py"), f"--config.data.dir={d}",
               f"--config.run_root={tmp_path}/runs"])
-    assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code) and "meta.json" in str(e.value.code)
+    line = str(e.value.code)
+    assert line.startswith("error: ") and "\n" not in line and "meta.json" in line
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +43,7 @@ import re
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -339,17 +341,35 @@ class _LineError(Exception):
         self.line, self.message = line, message
 
 
-def _encoder(tokenizer):
-    enc = getattr(tokenizer, "_enc", None)
-    if enc is None:  # char: a list of ids
-        return lambda text: np.asarray(tokenizer.encode(text), TOKEN_DTYPE)
+def _encode_ordinary(enc, text: str) -> np.ndarray:
+    """tiktoken's encode_ordinary as a uint32 array (no list of Python ints)."""
+    try:
+        return enc.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates (possible in JSON): what encode_ordinary does with them
+        return np.asarray(enc.encode_ordinary(text), np.uint32)
 
-    def encode(text: str) -> np.ndarray:  # == encode_ordinary, without the list of Python ints
-        try:
-            return enc.encode_to_numpy(text, disallowed_special=())
-        except UnicodeEncodeError:  # lone surrogates (possible in JSON): what tiktoken's encode_ordinary does
-            return np.asarray(enc.encode_ordinary(text), np.uint32)
-    return encode
+
+def _encode_texts(tokenizer, texts: list[str], first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint16 tokens, per-text counts), with the end-of-text id before every text that starts a document."""
+    eot, enc = tokenizer.eot_id, getattr(tokenizer, "_enc", None)
+    if enc is None:  # char
+        token_lists = [np.asarray(tokenizer.encode(t), TOKEN_DTYPE) for t in texts]
+    else:
+        # One document at a time through a thread, as tiktoken's encode_ordinary_batch does: same tokens and CPU
+        # time as a plain loop, but on a loaded machine the scheduler runs a worker that hands each document to a
+        # thread ~1.5x sooner than one long compute loop (measured on a shared 2-core VM, bench/bench_prepare.py).
+        with ThreadPoolExecutor(1) as pool:
+            token_lists = list(pool.map(functools.partial(_encode_ordinary, enc), texts))
+    lens = np.fromiter((len(t) for t in token_lists), np.int64, count=len(token_lists))
+    parts = token_lists
+    if eot is not None and len(token_lists):
+        sep = np.array([eot], TOKEN_DTYPE)
+        parts = [x for i, t in enumerate(token_lists) for x in ((sep, t) if first or i else (t,))]
+        lens += 1
+        if not first:
+            lens[0] -= 1
+    flat = np.concatenate(parts).astype(TOKEN_DTYPE, copy=False) if parts else np.zeros(0, TOKEN_DTYPE)
+    return flat, lens
 
 
 def encode_job(job: tuple):
@@ -358,16 +378,7 @@ def encode_job(job: tuple):
     ("error", message, line) for bad input."""
     try:
         texts, first = job_texts(job)
-        encode, eot = _encoder(_TOKENIZER), _TOKENIZER.eot_id
-        parts, lens = [], np.empty(len(texts), np.int64)
-        sep = None if eot is None else np.array([eot], np.uint32)
-        for i, text in enumerate(texts):
-            tokens = encode(text)
-            if sep is not None and (first or i):
-                parts.append(sep)
-            parts.append(tokens)
-            lens[i] = len(tokens) + (sep is not None and (first or i))
-        flat = np.concatenate(parts).astype(TOKEN_DTYPE) if parts else np.zeros(0, TOKEN_DTYPE)
+        flat, lens = _encode_texts(_TOKENIZER, texts, first)
         return flat, lens, first
     except _LineError as e:
         return "error", e.message, e.line
@@ -390,7 +401,7 @@ def chars_job(job: tuple):
 
 
 def run_jobs(fn, jobs: Iterable[tuple[tuple, int]], workers: int, tok_dict: dict | None, bar=None) -> Iterator:
-    """fn(job) for every job, in order, in `workers` processes with at most 2 jobs per worker in flight (memory
+    """fn(job) for every job, in order, in `workers` processes with at most 4 jobs per worker in flight (memory
     stays bounded: jobs are read lazily). Yields (job, result)."""
     if workers <= 1:
         _init_worker(tok_dict)
@@ -400,12 +411,14 @@ def run_jobs(fn, jobs: Iterable[tuple[tuple, int]], workers: int, tok_dict: dict
                 bar.update(n)
             yield job, result
         return
-    pool = mp.get_context("fork").Pool(workers, _init_worker, (tok_dict,))
+    # fork is fastest, but not from a process that imported JAX (its threads make fork unsafe): then a forkserver
+    context = mp.get_context("forkserver" if "jax" in sys.modules else "fork")
+    pool = context.Pool(workers, _init_worker, (tok_dict,))
     try:
         pending: collections.deque = collections.deque()
         for job, n in jobs:
             pending.append((job, n, pool.apply_async(fn, (job,))))
-            while len(pending) >= 2 * workers:
+            while len(pending) >= 4 * workers:  # room for a slow worker: the others run on
                 j, m, r = pending.popleft()
                 result = r.get()
                 if bar is not None:
@@ -618,7 +631,6 @@ def _stream(prep: Prepare, streams: dict, jobs_fn, workers: int, total: int | No
     f, cap = st["val_fraction"], st["val_tokens"]
     bar = tqdm(total=total, unit=unit, unit_scale=True, desc="tokenize", file=sys.stderr)
     jobs = jobs_fn()
-    skipped, lines = 0, 0
     try:
         for _ in range(p["jobs_done"]):  # done before a kill: skip (the job list is deterministic)
             job, n = next(jobs)
@@ -727,6 +739,7 @@ def _split_tail(prep: Prepare) -> dict:
 # ---- the whole prepare ---------------------------------------------------------------------------------------
 
 def _staging(out: Path) -> Path:
+    out = out.resolve()  # (`--out .` has no name of its own)
     return out.parent / f".{out.name}.prepare-new"
 
 
@@ -792,7 +805,7 @@ def run_prepare(out: Path, settings: dict, tokenizer_fn, jobs_fn, workers: int, 
     meta = write_meta(target, tokenizer, splits, source)
     (target / PROGRESS_FILE).unlink()
     if target != out:
-        _swap_in(target, out)
+        _swap_in(target, out.resolve())
     return meta
 
 
