@@ -14,6 +14,13 @@ case "${1:-}" in
   "") ;;
   *) echo "[setup] unknown option ${1}; use --test, --gpu or nothing" >&2; exit 2 ;;
 esac
+py=$PYTHON; [ -x .venv/bin/python ] && py=.venv/bin/python
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  hint="run with PYTHON=python3.11 or newer"; [ "$py" = .venv/bin/python ] && hint="delete .venv, then $hint"
+  echo "[setup] $("$py" --version 2>&1) ($py): gpt2jax needs Python >= 3.11 (jax 0.10.2 on 3.11, 0.11.2 on" \
+       "3.12+); $hint" >&2
+  exit 2
+fi
 stamp=.venv/.installed-$(basename "$reqs" .txt)${extra:+-cuda}-$(sha256sum "$reqs" requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
