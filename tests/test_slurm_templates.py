@@ -87,8 +87,9 @@ def submit(cluster, test_name: str, run_root: Path) -> tuple[str, list[dict]]:
     (command,) = doc_commands(test_name)
     out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=STEP_TIMEOUT_S + 60)
-    job_id = re.search(r"Submitted batch job (\d+)", out.stdout).group(1)
-    log = (cwd / f"slurm-{job_id}.out").read_text()
+    submitted = re.search(r"Submitted batch job (\d+)", out.stdout)
+    assert submitted, f"{command} submitted nothing:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    log = (cwd / f"slurm-{submitted.group(1)}.out").read_text()
     assert out.returncode == 0, f"{command} exited with {out.returncode}:\n{out.stderr[-2000:]}\n{log[-5000:]}"
     probes = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines() if line.startswith("SLURM_PROBE ")]
     return log, sorted(probes, key=lambda p: int(p["procid"]))
