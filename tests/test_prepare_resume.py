@@ -78,7 +78,8 @@ def kill_at_random_point(cmd, out: Path, rng: random.Random, n_shards: int, seco
 def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kind, capsys):
     """SIGKILL at random points (shard counts or times): the unfinished folder is refused by the reader (and the
     trainer) with one line naming the rerun, and rerunning resumes to exactly the tokens of an uninterrupted run
-    (documents split for jsonl; for one text file the token split, whose tail is moved into val at the end)."""
+    (jsonl: GPT-2 BPE, documents split; one text file: characters, the token split, whose tail is moved into val
+    at the end)."""
     rng = random.Random(1234 if kind == "jsonl" else 99)
     if kind == "jsonl":
         corpus = tmp_path / "corpus.jsonl"
@@ -87,7 +88,8 @@ def test_killed_prepare_is_refused_then_resumes_to_the_same_tokens(tmp_path, kin
     else:
         corpus = tmp_path / "corpus.txt"
         corpus.write_text(CORPUS.read_text()[:500_000])
-        opts = ["--shard_tokens", 4000, "--block_bytes", 4096, "--workers", 1, "--val_tokens", 6000]
+        opts = ["--shard_tokens", 12000, "--block_bytes", 4096, "--workers", 1, "--val_tokens", 20000,
+                "--tokenizer", "char"]  # (a resume reuses the alphabet of the first pass)
     ref = tmp_path / "reference"
     t0 = time.monotonic()
     subprocess.run(prepare_cli("--input", corpus, "--out", ref, *opts), cwd=REPO, check=True, capture_output=True)
