@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in FILES:
         p = shipped_path(f)
         print(f"  {f:40s} {p.stat().st_size if p.is_file() else 'MISSING':>10}")
+    print(f"{configs_dir()} (python -m gpt2jax.train --config <name>)")
+    print(describe_configs())
     return 0
 
 

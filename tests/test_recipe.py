@@ -103,7 +103,8 @@ def test_a_per_device_batch_trains(char_data, tmp_path):
     from gpt2jax.training.loop import train
 
     c = parse_config(["train", "--config", "tiny_test", f"--config.data.dir={char_data}",
-                      f"--config.run_root={tmp_path}", "--config.train.max_steps=2", "--config.train.log_every=1", "--config.optim.warmup_steps=0",
+                      f"--config.run_root={tmp_path}", "--config.train.max_steps=2", "--config.train.log_every=1",
+                      "--config.optim.warmup_steps=0",
                       "--config.train.batch_size_per_device=4", "--config.train.tokens_per_step=512"])
     summary = train(c, jax.devices()[:2])
     assert summary["step"] == 2

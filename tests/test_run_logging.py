@@ -99,8 +99,9 @@ def test_plain_step_lines_when_stdout_is_not_a_terminal(reported_run):
 def test_profile_steps_write_a_trace(reported_run):
     run_dir, _, out, _ = reported_run
     assert f"profile of steps 5..6 written to {run_dir / 'profile'}" in out
-    traces = list((run_dir / "profile").rglob("*.xplane.pb"))
-    assert traces and traces[0].stat().st_size > 0
+    for pattern in ("*.xplane.pb", "perfetto_trace.json.gz"):  # TensorBoard's and Perfetto's
+        traces = list((run_dir / "profile").rglob(pattern))
+        assert len(traces) == 1 and traces[0].stat().st_size > 0, pattern
 
 
 @pytest.mark.parametrize("value", ["5", "6:4", "0:99", "a:b"])

@@ -3,8 +3,9 @@
 The trace starts before the compiled call that runs step A+1 and stops after the call that completes step B, once
 the device has finished it (with several steps per call, `train.steps_per_call`, the traced range widens to whole
 calls; the printed line says which steps it holds). Compile and start-up stay outside when A > 0, so "10:15" traces
-five steady-state steps. Read it with TensorBoard's profile plugin (`tensorboard --logdir <run dir>/profile`, with
-`tensorboard-plugin-profile` installed) or open the `*.xplane.pb` / perfetto trace in https://ui.perfetto.dev.
+five steady-state steps. The trace lands in `<run dir>/profile/plugins/profile/<date>/`: `<host>.xplane.pb` for
+TensorBoard's profile plugin (`tensorboard --logdir <run dir>/profile`, with `tensorboard-plugin-profile`
+installed) and `perfetto_trace.json.gz`, which https://ui.perfetto.dev opens as it is.
 Every process of a multi-process run writes its own trace (file names carry the host name).
 """
 from __future__ import annotations
@@ -36,8 +37,8 @@ def parse_profile_steps(value: str, max_steps: int) -> tuple[int, int] | None:
 
 class StepProfiler:
     """Starts and stops the trace around the loop's calls: `before(step, k)` ahead of a call that runs steps
-    step+1..step+k (`step` counts completed updates), `after(step, state)` once it returned. A context manager: a trace still open
-    when the loop ends (stopped early) is closed."""
+    step+1..step+k (`step` counts completed updates), `after(step, state)` once it returned. A context manager: a
+    trace still open when the loop ends (stopped early) is closed."""
 
     def __init__(self, steps: str, max_steps: int, run_dir: Path, say):
         self.range = parse_profile_steps(steps, max_steps)
@@ -51,7 +52,7 @@ class StepProfiler:
         a, b = self.range
         if step < b and step + k > a:  # the call holds a step of A+1..B
             self.dir.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.dir))
+            jax.profiler.start_trace(str(self.dir), create_perfetto_trace=True)
             self.first = step + 1
 
     def after(self, step: int, state) -> None:

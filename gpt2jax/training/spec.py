@@ -3,8 +3,8 @@
 Config fields that mean "the default" when 0 (`train.eval_batch_size`, `checkpoint_every`, `final_eval_stride`,
 `steps_per_call`, `optim.decay_steps`, `model.vocab_size`) and the batch sized by the devices
 (`train.batch_size_per_device`, `tokens_per_step` -> `batch_size`, `grad_accum`) are decided here and nowhere
-else; the result is frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the whole config with
-those fields filled in: it is what `<run_dir>/config.json` records.
+else; the result is frozen, and the training loop (`gpt2jax.train`) reads only it. `TrainSpec.config` is the
+whole config with those fields filled in: it is what `<run_dir>/config.json` records.
 
 Decided elsewhere, because they need more than the config and the tokenizer: the mesh (`mesh` sizes of -1,
 from the devices: `gpt2jax.training.schema.mesh_and_rules`), the MFU peak (`train.peak_flops` 0, from the device
