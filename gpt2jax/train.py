@@ -71,7 +71,8 @@ def parse_config(argv: list[str]):
 
     if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
         raise ConfigError("--config is missing: python -m gpt2jax.train --config <config name or file.py> "
-                          "[--config.<section>.<field>=<value> ...] (--help lists the configs and fields)")
+                          "[--config.<section>.<field>=<value> ...]; shipped configs: "
+                          f"{', '.join(shipped.shipped_configs())} (--help describes them and lists the fields)")
     argv = check_config_file(argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", flag_values=fv,

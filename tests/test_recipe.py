@@ -41,6 +41,14 @@ def test_unknown_name_lists_the_shipped_configs(tmp_path, monkeypatch):
         parse_config(["train", "--config", "gtp2"])
 
 
+def test_no_config_names_the_shipped_configs_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^error: --config is missing: .*; shipped configs: default, gpt2, "
+                       r"shakespeare_char, tiny_test \(--help describes them") as e:
+        main(["train", "--config.train.max_steps=10"])
+    assert "\n" not in str(e.value)
+
+
 def test_help_lists_the_shipped_configs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["train", "--help"])
