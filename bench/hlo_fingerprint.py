@@ -59,6 +59,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="where to write the fingerprints (json)")
     ap.add_argument("--compare", help="fingerprints of an earlier run to compare with")
+    ap.add_argument("--keep", help="copy the normalised optimised HLO of every program into this folder (to diff)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dump, root = Path(tmp) / "dump", Path(tmp) / "runs"
@@ -72,6 +73,10 @@ def main() -> int:
         subprocess.run([sys.executable, "-c", RUN.format(root=root)], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL)
         prints = fingerprints(dump)
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for f in dump.glob("*after_optimizations.txt"):
+                (Path(args.keep) / f.name).write_text(normalise(f.read_text()))
     # program contents, whatever a refactor renames: compare the multiset of hashes, name them for the reader
     Path(args.out).write_text(json.dumps(prints, indent=1))
     print(f"{len(prints)} programs, {sum(map(len, prints.values()))} modules -> {args.out}")

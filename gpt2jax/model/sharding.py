@@ -144,16 +144,28 @@ def check_batch_splits(batch_size: int, dp: int, flag: str, where: str = "", fix
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params_tree, p_shardings, mesh: Mesh):
-    """Optimizer-state shardings mirror the parameters' (Adam moments sharded like params; counters replicated)."""
+    """Optimizer-state shardings mirror the parameters' (Adam moments sharded like params; counters replicated).
+
+    States that are not params-shaped trees (Adafactor's factored moments, Muon's split Muon/Adam states) cannot
+    be mirrored leaf by leaf; for them XLA's sharding propagation decides, from the params' shardings, what
+    `tx.init` returns."""
     abstract_state = jax.eval_shape(tx.init, abstract_params_tree)
-    return optax.tree_map_params(
-        tx,
-        lambda _, sharding: sharding,
-        abstract_state,
-        p_shardings,
-        transform_non_params=lambda _: replicated(mesh),
-        is_leaf=lambda x: isinstance(x, NamedSharding),
-    )
+    mismatch = object()
+    try:
+        mirrored = optax.tree_map_params(
+            tx,
+            lambda leaf, sharding, param: sharding if leaf.shape == param.shape else mismatch,
+            abstract_state,
+            p_shardings,
+            abstract_params_tree,
+            transform_non_params=lambda _: replicated(mesh),
+            is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        if not any(s is mismatch for s in jax.tree.leaves(mirrored, is_leaf=lambda x: x is mismatch)):
+            return mirrored
+    except (ValueError, TypeError):
+        pass
+    return jax.jit(tx.init, in_shardings=(p_shardings,)).lower(abstract_params_tree).compile().output_shardings
 
 
 def activation_context(mesh: Mesh, rules=DEFAULT_RULES):

@@ -100,6 +100,7 @@ def all_stacks() -> str:
 
 
 FAULT_ENV = "GPT2JAX_FAULT_SLEEP"
+NONFINITE_ENV = "GPT2JAX_FAULT_NONFINITE"
 
 
 def injected_sleep(phase: str, step: int) -> None:
@@ -111,3 +112,14 @@ def injected_sleep(phase: str, step: int) -> None:
     want_phase, want_step, seconds = spec.split(":")
     if want_phase == phase and int(want_step) == step:
         time.sleep(float(seconds))
+
+
+def injected_nonfinite() -> tuple[int, int] | None:
+    """Test hook: env GPT2JAX_FAULT_NONFINITE="<first>:<end>" makes the loss and every gradient NaN at steps
+    first <= step < end (1-based, as logged), the same for every optimizer, so the numerics guard's stop and skip
+    can be tested without relying on how a given optimizer diverges. Read when the train step is traced."""
+    spec = os.environ.get(NONFINITE_ENV)
+    if not spec:
+        return None
+    first, end = spec.split(":")
+    return int(first), int(end)

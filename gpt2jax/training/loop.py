@@ -56,7 +56,7 @@ from gpt2jax.training.schedule_note import say_schedule_change
 from gpt2jax.training.spec import TrainSpec, resolve
 from gpt2jax.training.state import StateLayout, train_items
 from gpt2jax.training.schema import check_train_config, mesh_and_rules
-from gpt2jax.runtime.watchdog import Watchdog, injected_sleep
+from gpt2jax.runtime.watchdog import Watchdog, injected_nonfinite, injected_sleep
 from gpt2jax.training.drift import check_config_drift
 
 
@@ -66,6 +66,7 @@ def make_train_step(cfg, tx, schedule, p_shardings):
     """(state, tokens (A, B, T+1)) -> (state, metrics): A micro-batches, gradients averaged, one AdamW update."""
     model = GPT(cfg)
     train_mode = cfg.dropout > 0
+    poison = injected_nonfinite()
 
     def loss_fn(params, tokens, key):  # tokens (B, T+1)
         nll = model.apply({"params": params}, tokens[:, :-1], deterministic=not train_mode, targets=tokens[:, 1:],
@@ -87,6 +88,10 @@ def make_train_step(cfg, tx, schedule, p_shardings):
         n_micro = batch.shape[0]
         (grad_sum, loss_sum), _ = jax.lax.scan(micro, (zeros, jnp.float32(0)), (batch, jnp.arange(n_micro)))
         grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
+        if poison is not None:  # test hook (runtime.watchdog.injected_nonfinite): NaN loss and grads at these steps
+            bad = (state["step"] + 1 >= poison[0]) & (state["step"] + 1 < poison[1])
+            loss_sum = jnp.where(bad, jnp.nan, loss_sum)
+            grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
         loss, grad_norm = loss_sum / n_micro, optax.global_norm(grads)
         # numerics guard: a NaN/Inf loss or gradient leaves params and optimizer state as they were (the batch
         # still counts as consumed); the host reads the flag with the other metrics, no extra sync

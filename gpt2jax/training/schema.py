@@ -6,7 +6,7 @@ any field with `--config.<section>.<field>=value`. Sections:
     seed             parameter init, dropout and data order
     model            GPTConfig fields; vocab_size = 0 takes the data tokenizer's vocabulary
     data             dir (a prepared dataset), tokenizer ("" = whatever the data has, or gpt2 / char), seq_len
-    optim            AdamW + warmup/cosine + clipping (see gpt2jax.training.optim)
+    optim            optimizer and schedule by name, clipping (see gpt2jax.training.optim)
     train            steps, batch, logging, eval, checkpoints, sampling
     distributed      jax.distributed.initialize arguments for multi-process runs (the CLI calls it)
     logging          Weights & Biases (logging.wandb: project, entity, group, mode disabled | offline | online)
@@ -21,6 +21,7 @@ from pathlib import Path
 import ml_collections
 
 from gpt2jax.config import ConfigError, GPTConfig
+from gpt2jax.training.optim import OptimSpec
 from gpt2jax.model.sharding import DEFAULT_RULES, check_batch_splits, data_parallel_size, make_mesh, normalize_rules
 
 
@@ -38,11 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(dir="data/prepared/shakespeare", tokenizer="", seq_len=256))
 
-    # nanoGPT train.py defaults (GPT-2 124M on OpenWebText).
-    c.optim = ml_collections.ConfigDict(dict(
-        lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0,  # decay_steps 0: decay until train.max_steps
-        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
-    ))
+    # nanoGPT train.py defaults (GPT-2 124M on OpenWebText); the section's defaults, checks and resolution live
+    # together in gpt2jax.training.optim.OptimSpec
+    c.optim = ml_collections.ConfigDict(OptimSpec().section())
 
     c.train = ml_collections.ConfigDict(dict(
         max_steps=1000,
@@ -144,11 +143,7 @@ def check_train_config(config) -> None:
             "XLA's attention where cuDNN's does not fit")
     if not 0 <= t.stop_at <= t.max_steps:
         raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.max_steps={t.max_steps}]")
-    for name in ("lr", "min_lr", "b1", "b2", "eps", "weight_decay", "grad_clip"):
-        if not math.isfinite(o[name]) or o[name] < 0:
-            raise ConfigError(f"optim.{name} must be a finite number >= 0, got {o[name]}")
-    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
-        raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0, got lr={o.lr}, min_lr={o.min_lr}")
+    OptimSpec.check(o)
     if int(t.keep_rejected) < 0:
         raise ConfigError(f"train.keep_rejected must be >= 0, got {t.keep_rejected}")
     if not isinstance(t.allow_config_change, bool):
