@@ -476,7 +476,7 @@ def best_over(rows: list[dict], tuned, loss_key: str = "metric", n_key: str = "p
     for r in rows:
         points.setdefault(point(r), {}).setdefault(tuple(r[a] for a in tuned), []).append(r)
     best, table = [], []
-    for key in sorted(points):
+    for key in sorted(points, key=lambda k: (k[1], k[0])):  # by budget (or D), then N
         settings = points[key]
         means = {v: float(np.mean([float(r[loss_key]) for r in rs])) for v, rs in settings.items()}
         winner = min(means, key=means.get)
@@ -756,32 +756,39 @@ def _plot_refused(ax, name, rows, loss_key, n_key, c):
 
 
 def _plot_tuned(plt, tuned, rows, out_dir, loss_key, n_key, title, loss_label) -> Path:
-    """Loss against each tuned value, one line per point (N, budget or D); the winner starred, an edge winner
-    circled in red."""
+    """Loss against each tuned value, one line per point (N, budget or D), coloured by budget (or D); the winner
+    starred, an edge winner ringed in red."""
+    import textwrap
+
     axes_names = tuned["axes"]
-    fig, axs = plt.subplots(1, len(axes_names), figsize=(6 * len(axes_names), 4.5), squeeze=False)
+    fig, axs = plt.subplots(1, len(axes_names), figsize=(6.5 * len(axes_names), 4.8), squeeze=False)
+    key = "budget" if any(p["budget"] is not None for p in tuned["points"]) else "tokens"
+    groups = sorted({p[key] for p in tuned["points"]})
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(groups)))
     for ax, axis in zip(axs[0], axes_names):
+        labelled = set()
         for p in tuned["points"]:
-            key = "budget" if p["budget"] is not None else "tokens"
-            mine = [r for r in rows if float(r[n_key]) == p["n"] and float(r[key]) == (p[key])
+            mine = [r for r in rows if float(r[n_key]) == p["n"] and float(r[key]) == p[key]
                     and all(r[a] == p["won"][a] for a in axes_names if a != axis)]
             vals = sorted({float(r[axis]) for r in mine})
             means = [np.mean([float(r[loss_key]) for r in mine if float(r[axis]) == v]) for v in vals]
-            line, = ax.semilogx(vals, means, "o-", ms=4, label=f"N={p['n']:.3g}, {key[0].upper()}={p[key]:.2g}")
-            best = float(p["won"][axis])
-            edge = any("extend" in f and f.startswith(_axis_name(axis)) for f in p["flags"])
-            ax.plot([best], [p["loss"]], "*", color=line.get_color(), ms=11)
-            if edge:
-                ax.plot([best], [p["loss"]], "o", mfc="none", mec="red", ms=14, mew=1.5)
-        ax.set_xlabel(axis + "  (star: best; red ring: at the edge of the grid)")
+            color = colors[groups.index(p[key])]
+            label = None if p[key] in labelled else f"{'C' if key == 'budget' else 'D'} = {p[key]:.2g}"
+            labelled.add(p[key])
+            ax.semilogx(vals, means, "o-", ms=3, lw=1, color=color, label=label)
+            ax.plot([float(p["won"][axis])], [p["loss"]], "*", color=color, ms=10)
+            if any("extend" in f and f.startswith(_axis_name(axis) + "=") for f in p["flags"]):
+                ax.plot([float(p["won"][axis])], [p["loss"]], "o", mfc="none", mec="red", ms=13, mew=1.5)
+        ax.plot([], [], "k*", ms=8, label="best value of a size")
+        ax.plot([], [], "o", mfc="none", mec="red", ms=10, label="best at the grid's edge")
+        ax.set_xlabel(f"{axis} (one line per model size)")
         ax.set_ylabel(loss_label or loss_key)
-        ax.legend(fontsize=6)
-    flags = tuned_flags(tuned["points"])
-    text = "\n".join(f"FLAGGED: {f}" for f in flags)
+        ax.legend(fontsize=7)
+    text = "\n".join(textwrap.fill(f"FLAGGED: {f}", 120) for f in tuned_flags(tuned["points"]))
     if text:
         fig.text(0.01, 0.01, text, fontsize=7, color="red", va="bottom")
     fig.suptitle(f"{title} best over {', '.join(axes_names)}".strip())
-    fig.tight_layout(rect=(0, 0.06 if text else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * text.count("\n") if text else 0, 1, 1))
     path = out_dir / "scaling_tuned.png"
     fig.savefig(path, dpi=110, metadata={"Description": text})
     plt.close(fig)
