@@ -282,3 +282,42 @@ def test_results_of_an_isoflop_study_with_a_tuned_lr(tmp_path):
     assert "- L(N): refused (these are IsoFLOP rows" in md
     assert "![scaling_tuned](scaling_tuned.png)" in md and (tmp_path / "scaling_tuned.png").stat().st_size > 0
     assert result["scaling"]["tuned"]["axes"] == ["optim.lr"]
+
+
+def test_config_differences_name_only_fields_that_change_results(tmp_path, char_data):
+    """Without training: the run dir's config.json against the sweep's config, field by field."""
+    from gpt2jax.studies.runs import config_differences, config_tag, resolved_dict
+    from gpt2jax.sweep import build_configs, load_py
+
+    exp_file, out = integrity_experiment(tmp_path, char_data)
+    (_, config), = build_configs(load_py(exp_file, "get_experiment"), {})
+    run = out / config.name
+    run.mkdir(parents=True)
+    assert config_differences(config) == []  # nothing trained yet
+
+    def write(**changes):
+        flat = dict(resolved_dict(config), **changes)
+        nested: dict = {}
+        for key, value in flat.items():
+            *parents, leaf = key.split(".")
+            node = nested
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        (run / "config.json").write_text(json.dumps(nested))
+
+    write(**{"train.progress": False, "train.log_every": 99, "train.compilation_cache_dir": "/elsewhere"})
+    assert config_differences(config) == []
+    write(**{"optim.lr": 0.1, "data.seq_len": 64})
+    assert config_differences(config) == ["data.seq_len 64 -> 32", "optim.lr 0.1 -> 0.003"]
+    flat = resolved_dict(config)
+    del flat["optim.b2"]  # a field added to the schema since: equal when the sweep asks for its default
+    write()
+    (run / "config.json").write_text(json.dumps({k: v for k, v in json.loads((run / "config.json").read_text()).items()
+                                                 if k != "optim"} | {"optim": {k.split(".")[1]: v for k, v in flat.items()
+                                                                              if k.startswith("optim.")}}))
+    assert config_differences(config) == ["optim.b2 (not set) -> 0.99"]  # tiny_test sets b2 = 0.99, not the default
+    write()
+    (run / "config.before_step2.json").write_text((run / "config.json").read_text().replace('"seed": 0', '"seed": 5'))
+    assert config_differences(config) == ["seed 5 -> 0"]  # resumed under other settings: a mix, not this run
+    assert len(config_tag(config)) == 8

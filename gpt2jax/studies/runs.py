@@ -147,7 +147,7 @@ def config_differences(config, defaults: dict | None = None) -> list[str]:
     diffs = []
     for old in (_flatten(d) for d in written):
         for key in sorted(set(now) | set(old)):
-            if _ignored(key) or key.startswith("train.") and key.endswith("_s"):
+            if _ignored(key):
                 continue
             if key not in old:
                 if key in defaults and _same(now[key], defaults[key]):
