@@ -400,9 +400,11 @@ def chars_job(job: tuple):
         return "error", str(e), None
 
 
-def run_jobs(fn, jobs: Iterable[tuple[tuple, int]], workers: int, tok_dict: dict | None, bar=None) -> Iterator:
-    """fn(job) for every job, in order, in `workers` processes with at most 4 jobs per worker in flight (memory
-    stays bounded: jobs are read lazily). Yields (job, result)."""
+def run_jobs(fn, jobs: Iterable[tuple[tuple, int]], workers: int, tok_dict: dict | None, bar=None,
+             max_in_flight: int | None = None) -> Iterator:
+    """fn(job) for every job, in order, in `workers` processes with at most 4 jobs per worker in flight, and at most
+    `max_in_flight` units of input (the jobs' sizes: bytes, rows) unless a single job is larger. Memory stays
+    bounded: jobs are read lazily. Yields (job, result)."""
     if workers <= 1:
         _init_worker(tok_dict)
         for job, n in jobs:
@@ -416,10 +418,14 @@ def run_jobs(fn, jobs: Iterable[tuple[tuple, int]], workers: int, tok_dict: dict
     pool = context.Pool(workers, _init_worker, (tok_dict,))
     try:
         pending: collections.deque = collections.deque()
+        in_flight = 0
         for job, n in jobs:
             pending.append((job, n, pool.apply_async(fn, (job,))))
-            while len(pending) >= 4 * workers:  # room for a slow worker: the others run on
+            in_flight += n
+            # room for a slow worker (the others run on), but not for unbounded input (a few large parquet row groups)
+            while len(pending) >= 4 * workers or (max_in_flight and len(pending) > 1 and in_flight > max_in_flight):
                 j, m, r = pending.popleft()
+                in_flight -= m
                 result = r.get()
                 if bar is not None:
                     bar.update(m)
@@ -635,7 +641,8 @@ def _stream(prep: Prepare, streams: dict, jobs_fn, workers: int, total: int | No
         for _ in range(p["jobs_done"]):  # done before a kill: skip (the job list is deterministic)
             job, n = next(jobs)
             bar.update(n)
-        for job, result in run_jobs(encode_job, jobs, workers, tok.to_dict(), bar):
+        limit = 4 * max(workers, 1) * st["block"] if unit == "B" else None
+        for job, result in run_jobs(encode_job, jobs, workers, tok.to_dict(), bar, limit):
             if isinstance(result[0], str):
                 _, message, line = result
                 if line is not None:  # a jsonl line: make its number absolute
