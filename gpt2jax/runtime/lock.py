@@ -40,9 +40,15 @@ class RunDirLock:
     def acquire(self) -> "RunDirLock":
         """Take the lock; RunDirLocked when another live process holds it, RunDirUnwritable (one line) when the run
         directory cannot be created or written (read-only file system, not our directory, full disk)."""
+        existed = self.path.parent.exists()
         try:
             return self._acquire()
         except OSError as e:
+            if not existed:  # "nothing was changed": not even an empty run dir left behind
+                try:
+                    self.path.parent.rmdir()
+                except OSError:
+                    pass
             raise RunDirUnwritable(
                 f"run directory {self.path.parent} cannot be written: {e.strerror or e}"
                 f"{f' ({e.filename})' if e.filename else ''}. Nothing was changed. Use a writable --config.run_root "

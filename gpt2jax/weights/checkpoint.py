@@ -488,7 +488,7 @@ def _modified_within(path: Path, seconds: float) -> bool:
 
 def _load_newest(ckpts: Checkpoints, steps: list[int], device, fallback: bool, log) -> tuple | None:
     """(cfg, params, meta) of the first of `steps` that verifies, or None. A step that vanished while being read
-    (rotated away by a live run) is skipped quietly."""
+    (rotated away by a live run, which verified a newer one) ends the pass quietly: the caller lists again."""
     from gpt2jax.model import abstract_params
 
     for step in steps:
@@ -503,8 +503,10 @@ def _load_newest(ckpts: Checkpoints, steps: list[int], device, fallback: bool, l
                                   abstract_params(cfg))
             params = ckpts.restore(step, target)["params"]
         except CorruptCheckpointError as e:
-            if not (ckpts.directory / str(step)).is_dir():
-                continue  # rotated away by a live run while we read it
+            tried = steps[:steps.index(step)]
+            if not (ckpts.directory / str(step)).is_dir() or any(s > step and s not in tried
+                                                                  for s in ckpts.verified_steps()):
+                return None  # rotated away (or being deleted) by a live run that verified a newer step: list again
             if not fallback:
                 raise
             log(f"warning: {e}; trying an older checkpoint")
