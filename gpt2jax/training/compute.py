@@ -178,3 +178,25 @@ def convention_flops(row: dict, convention: str = "6N+12LTC") -> float:
     if convention not in FLOP_CONVENTIONS:
         raise ValueError(f"FLOP convention {convention!r} must be one of {list(FLOP_CONVENTIONS)}")
     return FLOP_CONVENTIONS[convention][1](row)
+
+
+# ---- studies that share a prefix (cooldown branches, gpt2jax.studies.cooldowns) ------------------------------
+
+def shared_prefix_compute(stable_flops, forks) -> dict:
+    """Training FLOPs of a warmup-stable-decay study, each shared prefix counted once, against separate runs.
+
+    stable_flops: the FLOPs of each stable run (trained once, to its last branch point); forks: (flops, prefix
+    flops) of each cooldown run, its `flops` counting from step 0 (as if trained alone: D and C of its budget) and
+    its summary's `fork.flops` the part it shares with its source. -> study_flops = sum(stable) + sum(fork flops -
+    prefix flops), separate_flops = sum(fork flops) (a full run to every budget), saved_flops and saved_fraction
+    (None where a number is missing)."""
+    nums = lambda xs: [float(x) for x in xs if isinstance(x, (int, float))]  # noqa: E731
+    stable = sum(nums(stable_flops))
+    full = [f for f, _ in forks]
+    own = [f - p for f, p in forks if isinstance(f, (int, float)) and isinstance(p, (int, float))]
+    complete = len(nums(full)) == len(forks) and len(own) == len(forks) and len(nums(stable_flops)) == len(
+        list(stable_flops))
+    study, separate = stable + sum(own), sum(nums(full))
+    saved = separate - study if complete else None
+    return dict(stable_flops=stable, cooldown_flops=sum(own), study_flops=study, separate_flops=separate,
+                saved_flops=saved, saved_fraction=saved / separate if saved is not None and separate else None)

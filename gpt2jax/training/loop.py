@@ -58,6 +58,7 @@ from gpt2jax.training.state import StateLayout, train_items
 from gpt2jax.training.schema import check_train_config, mesh_and_rules
 from gpt2jax.runtime.watchdog import Watchdog, injected_nonfinite, injected_sleep
 from gpt2jax.training.drift import check_config_drift
+from gpt2jax.training import fork as fork_lib
 
 
 # ---- the compiled functions ---------------------------------------------------------------------------------
@@ -341,13 +342,17 @@ def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[di
     return fns, eval_fn, compile_s
 
 
-def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say) -> tuple[int, dict]:
-    """(start step, state): the newest checkpoint that verifies, else a fresh state (with init_from's params)."""
+def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say, fork=None) -> tuple[int, dict]:
+    """(start step, state): the newest checkpoint that verifies, else the fork source's checkpoint
+    (`gpt2jax.training.fork`), else a fresh state (with init_from's params)."""
     start, state = restore_state(ckpts, layout, spec.train.checkpoint_fallback, say)
     if state is not None:
         ignored = f" (init_from={spec.config.init_from!r} ignored)" if spec.config.init_from else ""
         say(f"resumed {spec.run_dir} at step {start}{ignored}")
         return start, state
+    if fork is not None:  # params, optimizer state, step and RNG of the source; the data position is the step
+        say(f"forked from {fork.run_dir} at step {fork.step}")
+        return fork.step, fork.restore(layout)
     state = layout.create(spec.config.seed)
     if init is not None:  # AdamW's fresh state does not depend on the param values: only params change
         state["params"] = jax.device_put(init[0], layout.shardings["params"])
@@ -379,17 +384,22 @@ def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -
     init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
     if spec.config.init_from and not ckpts.steps():
         init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
+    fork = None  # the checkpoint a new fork starts from, checked here; a resumed fork continues from its own
+    if spec.train.get("fork_from") and not ckpts.steps():
+        fork = fork_lib.check_source(spec, tokenizer)
 
     layout = StateLayout.build(spec.model, tx, mesh, rules)
     fns, eval_fn, compile_s = compile_run(spec, layout, schedule, say)
     stop.check_startup()
-    start, state = start_state(spec, layout, ckpts, init, say)
+    start, state = start_state(spec, layout, ckpts, init, say, fork)
     stop.check_startup()
     if lead:
         say_schedule_change(spec, start, say)  # a resume that changes max_steps: what the schedule does now
         write_run_files(spec, tokenizer, start)
         if init is not None:
             init_lib.write_record(spec.run_dir, init[1])
+        if fork is not None:
+            fork_lib.write_record(spec.run_dir, fork)
         metrics_lib.rewind_metrics(spec.run_dir, start)
     val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
     return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
@@ -550,6 +560,7 @@ def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float
                    val_loss=run.last["val_loss"], final=final, compile_s=run.compile_s)
     summary.update(compute_summary(spec.model, spec.seq_len, spec.tokens_per_step, step, step - run.start, loop_s,
                                    time.time() - t0, run.peak))
+    summary.update(fork_lib.summary_fields(spec.run_dir, summary["flops_per_token"], spec.tokens_per_step, step))
     summary["time_s"] = run.clock.summary(loop_s)
     run.say(metrics_lib.RunClock.line(summary["time_s"]))
     if summary["loss"] is None or summary["val_loss"] is None:  # no step logged here (resumed at its end)

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         max_steps=1000,
         stop_at=0,  # > 0: stop after this step with a checkpoint, as if interrupted (schedule still uses max_steps)
+        # "<run dir>@<step>": start from that checkpoint's params, optimizer state, step, data position and RNG,
+        # in a new run dir with this config's schedule (a cooldown branch; gpt2jax.training.fork)
+        fork_from="",
         batch_size=8,  # rows per micro-batch over all devices
         grad_accum=1,  # micro-batches per optimizer step (summed inside the jitted step)
         # sizing by the devices (gpt2jax.training.spec.resolve_batch): > 0 sets batch_size to this many rows per
@@ -144,6 +147,9 @@ def check_train_config(config) -> None:
     if not 0 <= t.stop_at <= t.max_steps:
         raise ConfigError(f"train.stop_at={t.stop_at} must be in [0, train.max_steps={t.max_steps}]")
     OptimSpec.check(o)
+    from gpt2jax.training.fork import check_config as check_fork
+
+    check_fork(config)
     if int(t.keep_rejected) < 0:
         raise ConfigError(f"train.keep_rejected must be >= 0, got {t.keep_rejected}")
     if not isinstance(t.allow_config_change, bool):
@@ -161,7 +167,7 @@ def check_train_config(config) -> None:
 
 
 RUN_FILES = ("metrics.jsonl", "metrics.rewound.jsonl", "config.json", "tokenizer.json", "summary.json", "train.lock",
-             "init_from.json")
+             "init_from.json", "fork.json")
 
 
 def check_run_name(name, run_root) -> None:
