@@ -13,7 +13,7 @@ accumulation is derived from the device count so that a step stays 524,288 token
 micro-batches on 1 GPU, 4 on 8, 1 on 32. On 64 devices 16 rows are already 1M tokens: the run stops with the fix
 (--config.train.batch_size_per_device=8). Fewer rows per device (less memory): --config.train.batch_size_per_device=8;
 a fixed global batch instead: --config.train.batch_size_per_device=0 --config.train.tokens_per_step=0 with
-train.batch_size (all devices together) and train.grad_accum.
+train.batch_size (all devices together) and train.grad_accum (either alone is refused: it would be ignored).
 """
 from gpt2jax.config import GPT2_PRESETS
 from gpt2jax.training.schema import base_config
@@ -34,7 +34,7 @@ def get_config(preset: str = "gpt2"):
     # rows per device: 16 for 124M; fewer for the larger presets (4 for large/xl, as the old global batch of 32
     # gave on 8 GPUs); the step stays 524,288 tokens through the gradient accumulation
     per_device = {"gpt2": 16, "gpt2-medium": 8}.get(preset, 4)
-    c.train.update(max_steps=600_000, batch_size_per_device=per_device, tokens_per_step=524_288, log_every=10,
-                   eval_every=1000, eval_batches=200, keep_checkpoints=3, sample_tokens=64, sample_prompt="",
+    c.train.update(max_steps=600_000, batch_size=0, batch_size_per_device=per_device, tokens_per_step=524_288,
+                   log_every=10, eval_every=1000, eval_batches=200, keep_checkpoints=3, sample_tokens=64, sample_prompt="",
                    compilation_cache_dir="~/.cache/gpt2jax/xla")
     return c

@@ -86,15 +86,19 @@ def test_a_step_that_cannot_divide_is_refused_with_the_fix():
 
     from gpt2jax.training.spec import resolve_batch
 
-    t = SimpleNamespace(batch_size=8, grad_accum=1, batch_size_per_device=16, tokens_per_step=524_288)
+    t = SimpleNamespace(batch_size=0, grad_accum=1, batch_size_per_device=16, tokens_per_step=524_288)
     with pytest.raises(ConfigError, match=r"^train.tokens_per_step=524,288 is not a multiple of a micro-batch's "
                        r"1,048,576 tokens \(16 rows x 64 devices x seq_len 1024\): use "
                        r"--config.train.batch_size_per_device=8, or set train.tokens_per_step=0") as e:
         resolve_batch(t, 1024, 64)
     assert "\n" not in str(e.value)
-    t.batch_size_per_device = 8
+    t.batch_size, t.batch_size_per_device = 0, 8
     resolve_batch(t, 1024, 64)
     assert (t.batch_size, t.grad_accum) == (512, 1)
+    with pytest.raises(ConfigError, match=r"^train.batch_size=64 and train.batch_size_per_device=16 both set the "
+                       r"batch: keep one \(--config.train.batch_size=0 sizes it per device"):
+        resolve_batch(SimpleNamespace(batch_size=64, grad_accum=1, batch_size_per_device=16, tokens_per_step=0),
+                      1024, 8)
     with pytest.raises(ConfigError, match="tokens_per_step=524288 and train.grad_accum=3 both set"):
         resolve_batch(SimpleNamespace(batch_size=8, grad_accum=3, batch_size_per_device=0, tokens_per_step=524288),
                       1024, 1)
@@ -113,7 +117,8 @@ def test_a_per_device_batch_trains(char_data, tmp_path):
     c = parse_config(["train", "--config", "tiny_test", f"--config.data.dir={char_data}",
                       f"--config.run_root={tmp_path}", "--config.train.max_steps=2", "--config.train.log_every=1",
                       "--config.optim.warmup_steps=0",
-                      "--config.train.batch_size_per_device=4", "--config.train.tokens_per_step=512"])
+                      "--config.train.batch_size=0", "--config.train.batch_size_per_device=4",
+                      "--config.train.tokens_per_step=512"])
     summary = train(c, jax.devices()[:2])
     assert summary["step"] == 2
     import json

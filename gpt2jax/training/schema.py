@@ -123,10 +123,11 @@ MAX_SEED = 2**31 - 2  # seed and seed + 1 (the dropout key) fit an int32, as `St
 def check_train_config(config) -> None:
     """Checks that need neither data nor devices."""
     t, o = config.train, config.optim
-    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
-                 "keep_checkpoints"):
+    for name in ("max_steps", "grad_accum", "log_every", "eval_every", "eval_batches", "keep_checkpoints"):
         if int(t[name]) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {t[name]}")
+    if int(t.batch_size) < (0 if t.get("batch_size_per_device") else 1):  # 0: sized per device (spec.resolve_batch)
+        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
     for name in ("eval_batch_size", "checkpoint_every", "sample_tokens", "final_eval_stride", "sample_top_k",
                  "batch_size_per_device", "tokens_per_step"):
         if int(t[name]) < 0:

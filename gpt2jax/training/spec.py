@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from gpt2jax.training import multistep
+from gpt2jax.training import cadence
 from gpt2jax.config import ConfigError, GPTConfig
 from gpt2jax.generation.generate import Sampling
 from gpt2jax.model import flops_per_token
@@ -64,9 +64,14 @@ class TrainSpec:
 
 
 def resolve_batch(t, seq_len: int, data_parallel: int) -> None:
-    """train.batch_size_per_device > 0: batch_size = that x the data-parallel devices; train.tokens_per_step > 0:
-    grad_accum = tokens_per_step / (batch_size x seq_len), which must divide exactly. In place on `t`."""
+    """train.batch_size_per_device > 0 (with batch_size 0): batch_size = that x the data-parallel devices;
+    train.tokens_per_step > 0 (with grad_accum 1): grad_accum = tokens_per_step / (batch_size x seq_len), which must
+    divide exactly. In place on `t`."""
     if t.batch_size_per_device:
+        if t.batch_size:  # a batch_size given as well would be ignored without a word
+            raise ConfigError(f"train.batch_size={t.batch_size} and train.batch_size_per_device="
+                              f"{t.batch_size_per_device} both set the batch: keep one (--config.train.batch_size=0 "
+                              "sizes it per device, --config.train.batch_size_per_device=0 uses batch_size)")
         t.batch_size = t.batch_size_per_device * data_parallel
     if not t.tokens_per_step:
         return
@@ -101,7 +106,7 @@ def resolve(config, tokenizer, devices=None) -> TrainSpec:
     t.eval_batch_size = t.eval_batch_size or t.batch_size
     t.checkpoint_every = t.checkpoint_every or t.eval_every
     t.final_eval_stride = t.final_eval_stride or max(1, c.data.seq_len // 2)
-    t.steps_per_call = multistep.steps_per_call(t, flops_per_token(model, c.data.seq_len) * t.grad_accum
+    t.steps_per_call = cadence.steps_per_call(t, flops_per_token(model, c.data.seq_len) * t.grad_accum
                                                 * t.batch_size * c.data.seq_len)
     optim = OptimSpec.resolve(c.optim, t.max_steps)
     c.optim.decay_steps = optim.decay_steps
