@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from gpt2jax.runtime import hostmem  # noqa: E402
 from gpt2jax.training import metrics as metrics_lib  # noqa: E402
-from gpt2jax.training import multistep  # noqa: E402
+from gpt2jax.training import cadence  # noqa: E402
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, GPTConfig  # noqa: E402
 from gpt2jax.training.memory import StepMemory  # noqa: E402
 from gpt2jax.model import flops_per_token, param_count  # noqa: E402
@@ -202,9 +202,9 @@ class OursTrainer:
         self.mesh = mesh
         tx, schedule = make_optimizer(optim, cfg, max_steps)
         layout = StateLayout.build(cfg, tx, mesh, DEFAULT_RULES)  # the state as gpt2jax.train lays it out
-        cadence = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).train
-        cadence.steps_per_call = steps_per_call  # the auto rule as a run with eval_every 250 resolves it
-        self.k = multistep.steps_per_call(cadence, flops_per_token(cfg, seq_len) * batch * seq_len)
+        t = parse_config(["bench", "--config", str(REPO / "configs" / "shakespeare_char.py")]).train
+        t.steps_per_call = steps_per_call  # the auto rule as a run with eval_every 250 resolves it
+        self.k = cadence.steps_per_call(t, flops_per_token(cfg, seq_len) * batch * seq_len)
         t0 = time.perf_counter()
         self.fns = compile_steps(layout, schedule, self.k, (1, batch, seq_len + 1),
                                  lambda: activation_context(mesh, ()))

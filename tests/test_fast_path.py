@@ -16,7 +16,7 @@ from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
 from gpt2jax.training.memory import MemoryFitError
 from gpt2jax.model import GPT, attention_impl, cudnn_flash_takes, init_params
-from gpt2jax.training.multistep import call_length, steps_per_call
+from gpt2jax.training.cadence import call_length, steps_per_call
 from gpt2jax.training.optim import make_optimizer
 from gpt2jax.model.sharding import make_mesh, param_shardings
 from gpt2jax.training.state import initial_state

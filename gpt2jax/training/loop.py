@@ -6,7 +6,7 @@ A run, in order (everything that can be wrong about the inputs is checked before
   2. devices: a (data, fsdp, tensor) mesh; the batch must split over its data-parallel devices;
   3. run dir: runs/<name>/; a checkpoint there is resumed (after checking it fits this model) or refused;
   4. one jitted train step (explicit in/out shardings, donated state, micro-batches summed by lax.scan), and for
-     small models one that runs several steps per call (gpt2jax.training.multistep), compiled from the abstract state of
+     small models one that runs several steps per call (gpt2jax.training.cadence), compiled from the abstract state of
      `gpt2jax.training.state.StateLayout` (shapes, shardings and restore targets together); a step that cannot fit the
      device's memory stops here (gpt2jax.training.memory), before any state exists;
   5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
@@ -40,7 +40,8 @@ from gpt2jax.runtime import compile_cache
 from gpt2jax.runtime import hostmem
 from gpt2jax.weights import init_from as init_lib
 from gpt2jax.training import metrics as metrics_lib
-from gpt2jax.training import multistep
+from gpt2jax.training import cadence
+from gpt2jax.training.cadence import Action
 from gpt2jax.training.compute import compute_summary, logged_losses, record_process, run_wall_time
 from gpt2jax.training.memory import check_step_fits
 from gpt2jax.data.loader import Loader, global_batch
@@ -126,11 +127,11 @@ def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, cont
     if k_steps == 1:
         with context():
             return dict(step=single.lower(abstract_state, tokens()).compile())
-    multi = jax.jit(multistep.make_multi_step(step), in_shardings=(state_sh, layout.stacked_batch),
+    multi = jax.jit(cadence.make_multi_step(step), in_shardings=(state_sh, layout.stacked_batch),
                     out_shardings=(state_sh, rep), donate_argnums=0)
     with context():
         compiled = multi.lower(abstract_state, tokens(k_steps)).compile()
-    return dict(multi=compiled, step=multistep.compile_on_first_call(single, context, abstract_state, tokens()))
+    return dict(multi=compiled, step=cadence.compile_on_first_call(single, context, abstract_state, tokens()))
 
 
 class TrainLog:
@@ -445,9 +446,11 @@ def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> d
 
 
 def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: float) -> float:
-    """Cadence only: step, log, eval + sample, checkpoint; `run.step` counts completed updates (= the next batch's
-    index). Metrics are read one call late, so the device never waits for the host. -> seconds in the loop."""
+    """Cadence only: step, log, then the periodic actions that are due (`periodic_actions`); `run.step` counts
+    completed updates (= the next batch's index). Metrics are read one call late, so the device never waits for
+    the host. -> seconds in the loop."""
     spec, t = run.spec, run.spec.train
+    actions = periodic_actions(run)
     bar = tqdm(total=t.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
                disable=not show_progress(run))
     log = TrainLog(run.logger, bar, t.log_every, spec.end, spec.tokens_per_step,
@@ -466,15 +469,13 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
         while run.step < spec.end and not stopping:
             watchdog.beat(f"train step {run.step + 1}")
             injected_sleep("step", run.step + 1)
-            profiler.before(run.step, multistep.call_length(run.step, spec.end, t.steps_per_call))
-            stopping = train_call(run, stop, log, bar)
+            profiler.before(run.step, cadence.call_length(run.step, spec.end, t.steps_per_call))
+            stopping = train_call(run, stop, log, bar, actions)
             profiler.after(run.step, run.state)
-            at_eval = run.step % t.eval_every == 0 or run.step == t.max_steps
-            val_loss = eval_and_sample(run, watchdog) if at_eval else None
-            if run.step % t.checkpoint_every == 0 or run.step == spec.end or stopping:
-                watchdog.beat(f"checkpoint save at step {run.step}")
-                with run.clock.phase("checkpoints"):
-                    run.save(run.step, val_loss)
+            done = {}  # what this step's actions returned, for the ones after them
+            for action in actions:
+                if action.due(run.step) or (stopping and action.on_stop):
+                    done[action.name] = action.run(run, watchdog, done)
         watchdog.beat(f"checkpoint wait at step {run.step}")
         with run.clock.phase("checkpoints"):
             run.ckpts.wait()
@@ -490,10 +491,22 @@ def show_progress(run: Run) -> bool:
     return run.lead and run.spec.train.progress and sys.stdout.isatty()
 
 
-def train_call(run: Run, stop: StopSignals, log: TrainLog, bar) -> bool:
-    """One compiled call (k steps); metrics are queued and read one call later. -> whether to stop after it."""
+def periodic_actions(run: Run) -> list[Action]:
+    """The loop's periodic actions, in the order they run after a call that ends on a step where they are due.
+    Each one's period is the train section's `<name>_every` field, which also lines up the multi-step calls
+    (`gpt2jax.training.cadence`): a new action is one line here and its field in base_config."""
+    t = run.spec.train
+    return [
+        Action("eval", t.eval_every, eval_and_sample, also_at=(t.max_steps,)),  # with a sample
+        Action("checkpoint", t.checkpoint_every, save_checkpoint, also_at=(run.spec.end,), on_stop=True),
+    ]
+
+
+def train_call(run: Run, stop: StopSignals, log: TrainLog, bar, actions: list[Action]) -> bool:
+    """One compiled call (k steps); metrics are queued and read one call later, unless the call ends where an
+    action is due. -> whether to stop after it."""
     t, step = run.spec.train, run.step
-    k = multistep.call_length(step, run.spec.end, t.steps_per_call)  # k steps in this call (a multiple-of-k start)
+    k = cadence.call_length(step, run.spec.end, t.steps_per_call)  # k steps in this call (a multiple-of-k start)
     if k > 1:
         run.state, m = run.fns["multi"](run.state, global_batch(run.train_loader, step, run.layout.stacked_batch, k))
     else:
@@ -502,17 +515,16 @@ def train_call(run: Run, stop: StopSignals, log: TrainLog, bar) -> bool:
     run.step = step = step + k
     bar.update(k)
     run.ckpts.check()  # a background save that failed stops the run here, in one message
-    boundary = (step % t.eval_every == 0 or step == t.max_steps or step % t.checkpoint_every == 0
-                or step == run.spec.end)
+    boundary = any(action.due(step) for action in actions)
     stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
     log.flush(keep_last=not (boundary or stopping))
     run.nonfinite.check(t.skip_nonfinite, run.ckpts, run.spec.optim.lr)  # at boundaries: nothing non-finite saved
     return stopping
 
 
-def eval_and_sample(run: Run, watchdog) -> float:
+def eval_and_sample(run: Run, watchdog, done: dict) -> float:
     """A periodic evaluation on the fixed val batches, printed with a sample (unless the final eval follows,
-    which prints its own)."""
+    which prints its own). -> val loss"""
     watchdog.beat(f"eval at step {run.step}")
     with run.clock.phase("evals"):
         val_loss = run.evaluate(run.step)
@@ -523,6 +535,13 @@ def eval_and_sample(run: Run, watchdog) -> float:
     if text is not None:
         run.say("  sample: " + text.replace("\n", "\n  | "))
     return val_loss
+
+
+def save_checkpoint(run: Run, watchdog, done: dict) -> None:
+    """A checkpoint of the whole state; a step that was also evaluated keeps its val loss (for keep_best)."""
+    watchdog.beat(f"checkpoint save at step {run.step}")
+    with run.clock.phase("checkpoints"):
+        run.save(run.step, done.get("eval"))
 
 
 def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
