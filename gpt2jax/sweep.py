@@ -27,6 +27,13 @@ An experiment file defines `get_experiment()` returning an `Experiment`:
                 (Kaplan et al. 2020) or "6ND" (gpt2jax.training.compute.FLOP_CONVENTIONS); stated in every table
     compare     published laws to draw beside the fits: names of gpt2jax.scaling.PUBLISHED ("kaplan2020",
                 "hoffmann2022", "besiroglu2024")
+    cooldowns   warmup-stable-decay budgets (fractions of train.max_steps, or token counts): per (variant, seed)
+                one stable run "<variant>,stable" trained once, with a checkpoint at each branch point, and one
+                cooldown "<variant>,cooldown=<tokens>" forked from it per budget (train.fork_from); the table's rows
+                are the cooldowns, and its cooldown section counts the shared stable phase once against separate
+                runs (gpt2jax.studies.cooldowns)
+    cooldown_twins  a schedule (e.g. "cosine"): also a separate run from step 0 to each budget under it,
+                "<variant>,<schedule>=<tokens>", compared with its cooldown in the table
 
 A grid bundle may carry a "budget" entry (as `gpt2jax.training.compute.isoflop_grid`'s do): not a config field,
 it is the run's compute budget, recorded in the table's `budget` column, by which the IsoFLOP fit groups runs.
@@ -88,6 +95,8 @@ class Experiment:
     tuned: tuple = ()
     flops: str = "6N+12LTC"
     compare: tuple = ()
+    cooldowns: tuple = ()  # budgets: fractions of train.max_steps or tokens (gpt2jax.studies.cooldowns)
+    cooldown_twins: str = ""  # a schedule: also a separate run from step 0 to each budget under it, e.g. "cosine"
 
     def __post_init__(self):
         from gpt2jax.scaling import FITS, PUBLISHED
@@ -110,6 +119,14 @@ class Experiment:
         bad = [t for t in self.tuned if "." not in t]
         if bad:
             raise ConfigError(f"experiment {self.name}: tuned={bad[0]!r} must be a config field, e.g. 'optim.lr'")
+        if self.cooldown_twins and not self.cooldowns:
+            raise ConfigError(f"experiment {self.name}: cooldown_twins={self.cooldown_twins!r} needs cooldowns")
+        if self.cooldown_twins:
+            from gpt2jax.training.optim import SCHEDULES
+
+            if self.cooldown_twins not in SCHEDULES:
+                raise ConfigError(f"experiment {self.name}: cooldown_twins={self.cooldown_twins!r} must be a schedule: "
+                                  f"{', '.join(sorted(SCHEDULES))}")
         if self.baseline and self.baseline not in [name for name, _ in variants(self)]:
             raise ConfigError(f"experiment {self.name}: baseline={self.baseline!r} is not a variant; variants: "
                               f"{[name for name, _ in variants(self)]}")
@@ -226,8 +243,14 @@ def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_colle
             config.run_root = str(Path(experiment.run_root) / experiment.name)
             if not config.train.compilation_cache_dir:  # seeds share every program: compiled once per variant
                 config.train.compilation_cache_dir = str(Path(config.run_root) / SWEEP_CACHE)
-            check_train_config(config)
-            configs.append((name, config))
+            planned = [(name, config)]
+            if experiment.cooldowns:  # a stable run, a cooldown per budget (and twins): gpt2jax.studies.cooldowns
+                from gpt2jax.studies.cooldowns import plan
+
+                planned = plan(experiment, name, config, experiment.cooldown_twins)
+            for variant, c in planned:
+                check_train_config(c)
+                configs.append((variant, c))
     return configs
 
 
@@ -440,7 +463,8 @@ def jobs_of(experiment, configs) -> list[list]:
     for variant, config in configs:
         if is_finished(config):
             continue
-        fresh = not (Path(config.run_root) / config.name / "checkpoints").exists() and not config.init_from
+        fresh = (not (Path(config.run_root) / config.name / "checkpoints").exists() and not config.init_from
+                 and not config.train.fork_from)
         if use_replicas and fresh and experiment.seed_list():
             groups.setdefault((variant, replica_key(config)), []).append((variant, config))
         else:
@@ -480,28 +504,38 @@ def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run
         return {}
     print(f"sweep {experiment.name}: {len(configs)} runs -> {out_dir}")
     for name, config in configs:
-        print(f"  {config.name}: {non_embedding_params(config):,} non-embedding params, {config.train.max_steps} steps")
+        fork = f", forked from {config.train.fork_from}" if config.train.fork_from else ""
+        print(f"  {config.name}: {non_embedding_params(config):,} non-embedding params, {config.train.max_steps} steps"
+              f" ({config.optim.schedule}{fork})")
     if dry_run:
         return {}
     jobs = jobs_of(experiment, configs)
     done = len(configs) - sum(len(j) for j in jobs)
     if done:
         print(f"{done} of {len(configs)} runs already finished")
-    if parallel > 1 and len(jobs) > 1:
-        from gpt2jax.studies.parallel import run_parallel
+    from gpt2jax.studies.cooldowns import phases
 
-        run_parallel(experiment_file, extra or {}, [job_name(j) for j in jobs], parallel, out_dir / "logs",
-                     flags=["--on_change", on_change])
-    else:
-        for i, job in enumerate(jobs):
-            print(f"[job {i + 1}/{len(jobs)}] ", end="")
-            run_job(job)
+    started = 0
+    for phase in phases(jobs):  # cooldown forks after the stable runs they fork from
+        if parallel > 1 and len(phase) > 1:
+            from gpt2jax.studies.parallel import run_parallel
+
+            run_parallel(experiment_file, extra or {}, [job_name(j) for j in phase], parallel, out_dir / "logs",
+                         flags=["--on_change", on_change])
+        else:
+            for job in phase:
+                started += 1
+                print(f"[job {started}/{len(jobs)}] ", end="")
+                run_job(job)
     from gpt2jax.studies.runs import complete
 
     rows = []
     budget_of = budgets(experiment)
+    summaries = {}
     for name, config in configs:
-        summary = summary_of(config)
+        summary = summaries[config.name] = summary_of(config)
+        if experiment.cooldowns and is_stable(config):
+            continue  # the stable phase is counted in the cooldown section, not a row
         finished = complete(summary, config)  # a stopped or broken run's numbers are not results
         row = dict(variant=name, non_embedding_params=non_embedding_params(config), steps=summary.get("step"),
                    metric=lookup(summary, experiment.metric) if finished else None)
@@ -511,10 +545,36 @@ def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run
             row["budget"] = budget_of.get(name)
         row.update({axis: lookup(config.to_dict(), axis) for axis in experiment.tuned})
         row.update({k: summary.get(k) for k in COMPUTE_COLUMNS})
+        if experiment.cooldowns:
+            row.update(fork_step=(summary.get("fork") or {}).get("step"), own_flops=summary.get("own_flops",
+                                                                                                 row["flops"]))
         rows.append(row)
     result = write_results(out_dir, experiment, rows)
+    if experiment.cooldowns:
+        add_cooldown_report(out_dir, experiment, configs, summaries, result)
     print((out_dir / "results.md").read_text())
     return result
+
+
+def is_stable(config) -> bool:
+    from gpt2jax.studies.cooldowns import is_stable as stable
+
+    return stable(config)
+
+
+def add_cooldown_report(out_dir: Path, experiment, configs, summaries: dict, result: dict) -> None:
+    """results.md/json gain the cooldown section: each cooldown against its twin, the study's compute (shared
+    prefixes once) against separate runs (gpt2jax.studies.cooldowns.report)."""
+    from gpt2jax.studies.cooldowns import report
+    from gpt2jax.studies.runs import complete
+
+    finished = {c.name: summaries[c.name] for _, c in configs if complete(summaries[c.name], c)}
+    lines, section = report(experiment, configs, finished, experiment.cooldown_twins,
+                            lambda s: lookup(s, experiment.metric) if s else None)
+    result["cooldowns"] = section
+    with open(out_dir / "results.md", "a") as f:
+        f.write("\n" + "\n".join(lines) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
