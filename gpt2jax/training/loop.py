@@ -1,4 +1,4 @@
-"""Train a GPT-2: `python -m gpt2jax.train --config configs/default.py [--config.train.max_steps=500 ...]`.
+"""The training loop: `start_run` builds everything a run needs, `train_loop` keeps its cadence, `train` runs it.
 
 A run, in order (everything that can be wrong about the inputs is checked before anything compiles):
   1. data + spec: open the prepared train/val splits; `gpt2jax.training.spec.resolve(config, tokenizer)` decides every
