@@ -88,6 +88,38 @@ def test_wandb_offline_run_holds_every_logged_step(reported_run):
     assert (run_dir / "wandb_id").read_text().strip() == path.stem.removeprefix("run-")
 
 
+def wandb_history(run_dir: Path) -> dict:
+    """{step: {key: value}} of the one offline W&B run under run_dir."""
+    (path,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
+    history = {}
+    for r in wandb_records(path):
+        if r.WhichOneof("record_type") == "history":
+            row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            history.setdefault(row["_step"], {}).update(row)
+    return history
+
+
+def test_wandb_offline_runs_of_vmapped_replicas(char_data, tmp_path):
+    """Seeds trained as one program (gpt2jax.training.replicas, what sweeps use) get one W&B run each."""
+    pytest.importorskip("wandb")
+    import jax
+
+    from gpt2jax.training.replicas import train_replicas
+
+    configs = []
+    for seed in (0, 1):
+        configs.append(tiny(char_data, tmp_path, "--config.train.max_steps=2", "--config.train.log_every=1",
+                            "--config.optim.warmup_steps=0", "--config.logging.wandb.mode=offline",
+                            f"--config.seed={seed}", f"--config.name=seed{seed}"))
+    summaries = train_replicas(configs, jax.devices()[:1])
+    for summary in summaries:
+        history = wandb_history(summary["run_dir"])
+        for r in read_metrics(summary["run_dir"]):
+            if r["kind"] == "train":
+                assert history[r["step"]]["train/loss"] == pytest.approx(r["loss"], rel=1e-12)
+    assert len({(tmp_path / f"seed{s}" / "wandb_id").read_text() for s in (0, 1)}) == 2
+
+
 def test_plain_step_lines_when_stdout_is_not_a_terminal(reported_run):
     _, _, out, err = reported_run
     lines = [line for line in out.splitlines() if line.startswith("step ") and ": loss " in line]

@@ -231,7 +231,9 @@ class WandbRun:
         if not run_id:
             run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
             id_file.write_text(run_id + "\n")
-        settings = wandb.Settings(console="off", save_code=False, x_disable_stats=True, silent=True)
+        # create_new: several runs at once in one process (training/replicas.py trains seeds as one program)
+        settings = wandb.Settings(console="off", save_code=False, x_disable_stats=True, silent=True,
+                                  reinit="create_new")
         try:
             self.run = wandb.init(project=wandb_cfg.project or None, entity=wandb_cfg.entity or None,
                                   group=wandb_cfg.get("group") or None, name=name, id=run_id, resume="allow",

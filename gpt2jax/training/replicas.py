@@ -55,7 +55,7 @@ def train_replicas(configs, devices=None) -> list[dict]:
         check_train_config(c)
     train_split, val_split = open_data(configs[0])
     tokenizer = train_split.tokenizer
-    specs = [resolve(c, tokenizer) for c in configs]
+    specs = [resolve(c, tokenizer, (devices or jax.devices())[:1]) for c in configs]  # the mesh's one device
     spec = specs[0]
     t, seq_len, cfg = spec.train, spec.seq_len, spec.model
     compile_cache.use(t.compilation_cache_dir)
@@ -68,7 +68,8 @@ def train_replicas(configs, devices=None) -> list[dict]:
     run_dirs = [s.run_dir for s in specs]
     for s in specs:
         write_run_files(s, tokenizer, 0)
-    loggers = [metrics_lib.MetricsLogger(d, t.tensorboard) for d in run_dirs]
+    loggers = [metrics_lib.MetricsLogger(s.run_dir, t.tensorboard, wandb=s.config.logging.wandb, name=s.config.name,
+                                         config=json.loads(s.config.to_json_best_effort())) for s in specs]
 
     p_sh = param_shardings(cfg, mesh, rules)
     # one program for all seeds (the random streams equal those of `train`'s per-seed initial_state)
@@ -118,7 +119,6 @@ def _finish(spec, tokenizer, state, loss, val_loss, logger, run_dir, val_split, 
         final = final_eval(cfg, state["params"], val_split, seq_len, t.final_eval_stride, t.eval_batch_size, mesh,
                            rules, False)
         logger.write(dict(kind="final", step=t.max_steps, **final))
-    logger.close()
     ckpts = ckpt_lib.Checkpoints(run_dir, keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=False)
     meta = ckpt_lib.checkpoint_meta(t.max_steps, cfg, tokenizer, spec.config.seed, spec.rows_per_step)
     ckpts.save(t.max_steps, state["params"], train_items(state), meta, val_loss)
@@ -131,4 +131,5 @@ def _finish(spec, tokenizer, state, loss, val_loss, logger, run_dir, val_split, 
     if t.plot:
         metrics_lib.plot_losses(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    logger.close(summary)
     return summary
