@@ -42,3 +42,22 @@ def test_vmapped_replicas_equal_separate_runs(char_data, tmp_path):
         assert summary["flops"] == alone["flops"] > 0
     # seeds differ: the replicas are not copies of one run
     assert len({round(s["loss"], 6) for s in summaries}) == 4
+
+
+def test_replica_summaries_and_guards_are_the_ordinary_ones(char_data, tmp_path, monkeypatch):
+    """Replicas run through the ordinary loop: a replica's summary.json has every key of a run's (and `replicas`),
+    and the numerics guard counts a non-finite step in every replica (the fault hook makes step 3 NaN)."""
+    from gpt2jax.runtime.watchdog import NONFINITE_ENV
+
+    monkeypatch.setenv(NONFINITE_ENV, "3:4")
+    configs = [config(char_data, tmp_path / "group", s) for s in (0, 1)]
+    for c in configs:
+        c.train.update(max_steps=4, eval_every=2, skip_nonfinite=True)
+    summaries = train_replicas(configs, jax.devices()[:1])
+    single = config(char_data, tmp_path / "alone", 0)
+    single.train.update(max_steps=4, eval_every=2, skip_nonfinite=True)
+    alone = train(single, devices=jax.devices()[:1])
+    for summary in summaries:
+        assert set(alone) <= set(summary), set(alone) - set(summary)
+        assert summary["replicas"] == 2 and summary["nonfinite_steps"] == alone["nonfinite_steps"] == 1
+        assert summary["time_s"].keys() == alone["time_s"].keys()

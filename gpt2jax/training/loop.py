@@ -121,6 +121,8 @@ def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, cont
     context() is entered while tracing: e.g. `lambda: activation_context(mesh, rules)`."""
     state_sh, abstract_state = layout.shardings, layout.abstract
     step = make_train_step(layout.cfg, layout.tx, schedule, state_sh["params"])
+    if layout.replicas:  # S seeds: the same step over a leading replica axis of the state and the batch
+        step = jax.vmap(step)
     rep = replicated(layout.mesh)
     tokens = lambda *lead: jax.ShapeDtypeStruct((*lead, *batch_shape), jnp.int32)  # noqa: E731
     single = jax.jit(step, in_shardings=(state_sh, layout.batch), out_shardings=(state_sh, rep), donate_argnums=0)
@@ -135,13 +137,14 @@ def compile_steps(layout: StateLayout, schedule, k_steps: int, batch_shape, cont
 
 
 class TrainLog:
-    """Train records from per-call metrics (each a (k,) array per field), read on the host one call late so that
-    the next call is already queued when the host waits; the records and their steps are those of a step-by-step
-    loop. tokens/s and MFU are measured between host reads."""
+    """Train records from per-call metrics (each a (k,) array per field, (k, S) for S replicas), read on the host
+    one call late so that the next call is already queued when the host waits; the records and their steps are
+    those of a step-by-step loop, one set per member. tokens/s and MFU are measured between host reads (with
+    replicas: the whole program's)."""
 
-    def __init__(self, logger, bar, log_every, end, tokens_per_step, fpt, peak, t0, start, last, nonfinite):
-        self.logger, self.bar, self.log_every, self.end, self.nonfinite = logger, bar, log_every, end, nonfinite
-        self.tokens_per_step, self.fpt, self.peak, self.t0, self.last = tokens_per_step, fpt, peak, t0, last
+    def __init__(self, members, bar, log_every, end, tokens_per_step, fpt, peak, t0, start):
+        self.members, self.bar, self.log_every, self.end = members, bar, log_every, end
+        self.tokens_per_step, self.fpt, self.peak, self.t0 = tokens_per_step * len(members), fpt, peak, t0
         self.pending, self.mark, self.mark_step = [], time.time(), start
         self.plain = None  # print(line) for a plain "step N: loss ..." line per logged step (no progress bar)
 
@@ -151,24 +154,27 @@ class TrainLog:
     def flush(self, keep_last: bool = False) -> None:
         while len(self.pending) > int(keep_last):
             first, k, m = self.pending.pop(0)
-            m = {name: np.atleast_1d(np.asarray(host(v), np.float64)) for name, v in m.items()}  # waits
+            m = {name: np.asarray(host(v), np.float64).reshape(k, -1) for name, v in m.items()}  # (k, S); waits
             now = time.time()
             tok_s = self.tokens_per_step * (first + k - self.mark_step) / max(now - self.mark, 1e-9)
+            mfu = metrics_lib.mfu(self.fpt, tok_s, self.peak)
             self.mark, self.mark_step = now, first + k
             flags = m.pop("nonfinite")  # the numerics guard's per-step flags (metrics.NonfiniteTally)
             for i in range(k):
                 step = first + i + 1
-                self.nonfinite.update(step, flags[i])
-                if step % self.log_every and step != self.end:
-                    continue
-                rec = {name: float(v[i]) for name, v in m.items()}
-                rec["nonfinite_steps"] = self.nonfinite.count
-                self.last["loss"] = rec["loss"]
-                self.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s,
-                                       mfu=metrics_lib.mfu(self.fpt, tok_s, self.peak), elapsed_s=now - self.t0))
-                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                if self.plain is not None:
-                    self.plain(plain_line(step, self.end, rec, tok_s, metrics_lib.mfu(self.fpt, tok_s, self.peak)))
+                for r, member in enumerate(self.members):
+                    member.nonfinite.update(step, flags[i, r])
+                    if step % self.log_every and step != self.end:
+                        continue
+                    rec = {name: float(v[i, r]) for name, v in m.items()}
+                    rec["nonfinite_steps"] = member.nonfinite.count
+                    member.last["loss"] = rec["loss"]
+                    member.logger.write(dict(kind="train", step=step, **rec, tokens_per_s=tok_s, mfu=mfu,
+                                             elapsed_s=now - self.t0))
+                    if r == 0:
+                        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                        if self.plain is not None:
+                            self.plain(plain_line(step, self.end, rec, tok_s, mfu))
 
 
 def plain_line(step: int, end: int, rec: dict, tok_s: float, mfu: float | None) -> str:
@@ -271,18 +277,28 @@ def sample_text(spec: TrainSpec, params, tokenizer, seed: int) -> str | None:
 
 
 @dataclasses.dataclass
-class Run:
-    """Everything the loop needs, built by `start_run` before the first step; the loop changes state and step."""
+class Member:
+    """One run directory that a Run trains: an ordinary run has one; S seeds trained as replicas of one vmapped
+    program (`gpt2jax.training.replicas`) have one each, and the state then carries a leading (S,) axis."""
     spec: TrainSpec
-    tokenizer: object
-    val_split: object
     train_loader: Loader
-    layout: StateLayout  # mesh, rules, shardings
-    fns: dict  # compiled: "step", and "multi" for several steps per call
-    eval_fn: object  # (params, val_batches) -> (eval_batches,) batch means
-    val_batches: jax.Array  # the fixed val batches, (eval_batches, 1, B, T+1)
     ckpts: ckpt_lib.Checkpoints
     logger: metrics_lib.MetricsLogger
+    last: dict = dataclasses.field(default_factory=lambda: dict(loss=None, val_loss=None))
+    nonfinite: metrics_lib.NonfiniteTally = dataclasses.field(default_factory=metrics_lib.NonfiniteTally)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs, built by `start_run` before the first step; the loop changes state and step."""
+    spec: TrainSpec  # the first member's: every setting but name and seed is the same for all
+    tokenizer: object
+    val_split: object
+    layout: StateLayout  # mesh, rules, shardings (with the replica axis when layout.replicas)
+    fns: dict  # compiled: "step", and "multi" for several steps per call
+    eval_fn: object  # (params, val_batches) -> (eval_batches,) batch means, (S, eval_batches) for replicas
+    val_batches: jax.Array  # the fixed val batches, (eval_batches, 1, B, T+1), (S, eval_batches, ...) for replicas
+    members: list[Member]
     say: object
     lead: bool
     start: int
@@ -290,26 +306,43 @@ class Run:
     compile_s: float
     peak: float | None
     step: int = 0
-    last: dict = dataclasses.field(default_factory=lambda: dict(loss=None, val_loss=None))
-    nonfinite: metrics_lib.NonfiniteTally = dataclasses.field(default_factory=metrics_lib.NonfiniteTally)
     clock: metrics_lib.RunClock = dataclasses.field(default_factory=metrics_lib.RunClock)  # summary's time_s
 
-    def evaluate(self, step: int) -> float:
-        """Mean loss over the fixed val batches (one call), logged as an eval record."""
+    def part(self, tree, i: int):
+        """Member i's slice of a state tree (the tree itself for an ordinary run)."""
+        return jax.tree.map(lambda x: x[i], tree) if self.layout.replicas else tree
+
+    def batch(self, step: int, k: int) -> jax.Array:
+        """The tokens of steps step .. step + k - 1 ((k, A, B, T+1); k = 0: one step's (A, B, T+1)), with the replica
+        axis after k when training replicas (each replica reads its own seed's order)."""
+        sharding = self.layout.stacked_batch if k else self.layout.batch
+        if not self.layout.replicas:
+            return global_batch(self.members[0].train_loader, step, sharding, k or None)
+        rows = [m.train_loader.rows(step, 0, m.train_loader.batch_size, k or None) for m in self.members]
+        return jax.device_put(np.stack(rows, axis=1 if k else 0), sharding)
+
+    def evaluate(self, step: int) -> list[float]:
+        """Mean loss over the fixed val batches (one call), logged as an eval record; one per member."""
         with activation_context(self.layout.mesh, self.layout.rules):
-            val_loss = float(np.mean(host(self.eval_fn(self.state["params"], self.val_batches))))
-        self.last["val_loss"] = val_loss
-        self.logger.write(dict(kind="eval", step=step, val_loss=val_loss, val_ppl=metrics_lib.perplexity(val_loss)))
-        return val_loss
+            out = host(self.eval_fn(self.state["params"], self.val_batches))
+        losses = [float(x) for x in np.asarray(out, np.float64).reshape(len(self.members), -1).mean(axis=1)]
+        for member, val_loss in zip(self.members, losses):
+            member.last["val_loss"] = val_loss
+            member.logger.write(dict(kind="eval", step=step, val_loss=val_loss,
+                                     val_ppl=metrics_lib.perplexity(val_loss)))
+        return losses
 
     def sample(self, step: int) -> str | None:
-        """A sample from the current params (process 0 only; None when sampling is off)."""
-        return sample_text(self.spec, self.state["params"], self.tokenizer, seed=step) if self.lead else None
+        """A sample from the (first member's) current params (process 0 only; None when sampling is off)."""
+        return sample_text(self.spec, self.part(self.state["params"], 0), self.tokenizer, seed=step) \
+            if self.lead else None
 
-    def save(self, step: int, val_loss: float | None) -> None:
-        meta = ckpt_lib.checkpoint_meta(step, self.spec.model, self.tokenizer, self.spec.config.seed,
-                                        self.spec.rows_per_step)
-        self.ckpts.save(step, self.state["params"], train_items(self.state), meta, val_loss)
+    def save(self, step: int, val_losses: list[float] | None) -> None:
+        for i, member in enumerate(self.members):
+            meta = ckpt_lib.checkpoint_meta(step, member.spec.model, self.tokenizer, member.spec.config.seed,
+                                            member.spec.rows_per_step)
+            member.ckpts.save(step, self.part(self.state["params"], i), self.part(train_items(self.state), i), meta,
+                              val_losses[i] if val_losses else None)
 
 
 def open_run_dir(spec: TrainSpec, tokenizer, stack: contextlib.ExitStack, say) -> ckpt_lib.Checkpoints:
@@ -333,9 +366,11 @@ def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[di
     mesh, context = layout.mesh, lambda: activation_context(layout.mesh, layout.rules)
     t_compile = time.time()
     with context():
-        fns = compile_steps(layout, schedule, spec.train.steps_per_call, spec.batch_shape, context)
+        lead = (layout.replicas,) if layout.replicas else ()
+        fns = compile_steps(layout, schedule, spec.train.steps_per_call, (*lead, *spec.batch_shape), context)
         batch_loss = make_batch_loss(spec.model)
-        eval_fn = jax.jit(lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs),
+        evaluate = lambda p, bs: jax.lax.map(lambda b: batch_loss(p, b), bs)  # noqa: E731
+        eval_fn = jax.jit(jax.vmap(evaluate) if layout.replicas else evaluate,
                           in_shardings=(layout.shardings["params"], layout.stacked_batch),
                           out_shardings=replicated(mesh))
     compile_s = time.time() - t_compile
@@ -361,52 +396,84 @@ def start_state(spec: TrainSpec, layout: StateLayout, ckpts, init, say, fork=Non
     return start, state
 
 
-def start_run(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> Run:
-    """Steps 1-5 of the module docstring: every input error surfaces before anything compiles."""
-    check_train_config(config)  # the checks that need neither data nor devices come first
-    train_split, val_split = open_data(config)
+def start_replicas(members: list, layout: StateLayout, replica_layout: StateLayout, say) -> tuple[int, dict]:
+    """(start step, state with the replica axis): every member's newest good checkpoint, which must be at one
+    step, else fresh states for their seeds (bitwise those of separate runs)."""
+    restored = [restore_state(m.ckpts, layout, m.spec.train.checkpoint_fallback, say) for m in members]
+    starts = sorted({step for step, _ in restored})
+    if starts == [0] and all(state is None for _, state in restored):
+        return 0, replica_layout.create_replicas([m.spec.config.seed for m in members])
+    if len(starts) > 1 or any(state is None for _, state in restored):
+        raise ckpt_lib.RunDirError(
+            "replicas resume together, but their run directories are at different steps ("
+            + ", ".join(f"{m.spec.run_dir}: {step}" for m, (step, _) in zip(members, restored))
+            + "); train them one by one (the sweep's replicas=False), or move the newer checkpoints aside")
+    say(f"resumed {len(members)} replicas at step {starts[0]}")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[state for _, state in restored])
+    return starts[0], jax.device_put(stacked, replica_layout.shardings)
+
+
+def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitStack, replicas: bool = False) -> Run:
+    """Steps 1-5 of the module docstring: every input error surfaces before anything compiles. Several configs that
+    differ only in name and seed train as replicas of one program (`replicas=True`: one device)."""
+    for config in configs:
+        check_train_config(config)  # the checks that need neither data nor devices come first
+    train_split, val_split = open_data(configs[0])
     tokenizer = train_split.tokenizer
-    spec = resolve(config, tokenizer, devices)
+    specs = [resolve(config, tokenizer, devices) for config in configs]
+    spec = specs[0]
     t, seq_len = spec.train, spec.seq_len
     # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.runtime.hostmem), before JAX
     # starts its CPU client
-    hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4)
+    hostmem.keep_freed_memory(t.batch_size * seq_len * spec.model.embedding_rows * 4 * len(specs))
     lead = jax.process_index() == 0
     say = tqdm.write if lead else (lambda *_: None)
     compile_cache.use(t.compilation_cache_dir, say)
     spec.model.check_tokens(seq_len, max(train_split.max_id(), val_split.max_id()))
     mesh, rules = mesh_and_rules(spec.config, devices)
     tx, schedule = make_optimizer(spec.optim, spec.model)
-    train_loader = Loader(train_split, seq_len, t.batch_size, t.grad_accum, spec.config.seed)
-    val_loader = Loader(val_split, seq_len, t.eval_batch_size, 1, spec.config.seed)
+    if replicas and (spec.config.init_from or t.get("fork_from")):
+        raise ckpt_lib.RunDirError("replicas start from their seeds: train runs with init_from or fork_from one by one")
     stop.check_startup()
 
-    ckpts = open_run_dir(spec, tokenizer, stack, say)
+    ckpts = [open_run_dir(s, tokenizer, stack, say) for s in specs]
     init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
-    if spec.config.init_from and not ckpts.steps():
+    if spec.config.init_from and not ckpts[0].steps():
         init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
     fork = None  # the checkpoint a new fork starts from, checked here; a resumed fork continues from its own
-    if spec.train.get("fork_from") and not ckpts.steps():
+    if t.get("fork_from") and not ckpts[0].steps():
         fork = fork_lib.check_source(spec, tokenizer)
 
     layout = StateLayout.build(spec.model, tx, mesh, rules)
-    fns, eval_fn, compile_s = compile_run(spec, layout, schedule, say)
+    run_layout = layout.over_replicas(len(specs)) if replicas else layout
+    fns, eval_fn, compile_s = compile_run(spec, run_layout, schedule, say)
     stop.check_startup()
-    start, state = start_state(spec, layout, ckpts, init, say, fork)
+    members = [Member(s, Loader(train_split, seq_len, t.batch_size, t.grad_accum, s.config.seed), c,
+                      metrics_lib.MetricsLogger(s.run_dir, t.tensorboard, enabled=lead, wandb=s.config.logging.wandb,
+                                                config=json.loads(s.config.to_json_best_effort()),
+                                                name=s.config.name))
+               for s, c in zip(specs, ckpts)]
+    if replicas:
+        start, state = start_replicas(members, layout, run_layout, say)
+    else:
+        start, state = start_state(spec, layout, ckpts[0], init, say, fork)
     stop.check_startup()
     if lead:
-        say_schedule_change(spec, start, say)  # a resume that changes max_steps: what the schedule does now
-        write_run_files(spec, tokenizer, start)
+        for s in specs:
+            say_schedule_change(s, start, say)  # a resume that changes max_steps: what the schedule does now
+            write_run_files(s, tokenizer, start)
+            metrics_lib.rewind_metrics(s.run_dir, start)
         if init is not None:
             init_lib.write_record(spec.run_dir, init[1])
         if fork is not None:
             fork_lib.write_record(spec.run_dir, fork)
-        metrics_lib.rewind_metrics(spec.run_dir, start)
-    val_batches = global_batch(val_loader, 0, layout.stacked_batch, t.eval_batches)
-    return Run(spec, tokenizer, val_split, train_loader, layout, fns, eval_fn, val_batches, ckpts,
-               metrics_lib.MetricsLogger(spec.run_dir, t.tensorboard, enabled=lead, wandb=spec.config.logging.wandb,
-                                         config=json.loads(spec.config.to_json_best_effort()), name=spec.config.name),
-               say, lead, start, state,
+    val_loaders = [Loader(val_split, seq_len, t.eval_batch_size, 1, s.config.seed) for s in specs]
+    if replicas:
+        val_batches = jax.device_put(np.stack([v.rows(0, 0, t.eval_batch_size, t.eval_batches) for v in val_loaders]),
+                                     run_layout.stacked_batch)  # (S, eval_batches, 1, B, T+1)
+    else:
+        val_batches = global_batch(val_loaders[0], 0, layout.stacked_batch, t.eval_batches)
+    return Run(spec, tokenizer, val_split, run_layout, fns, eval_fn, val_batches, members, say, lead, start, state,
                compile_s, metrics_lib.peak_flops(list(mesh.devices.flat), t.peak_flops), step=start)
 
 
@@ -416,33 +483,43 @@ def train(config, devices=None) -> dict:
     """Train (or resume) the run described by `config`; returns a summary (also written to summary.json).
 
     devices: the devices of the mesh (default: all); tests pass a subset to compare 1 and 8 devices.
-    SIGTERM/SIGINT stop the run cleanly (gpt2jax.runtime.signals); the run dir is locked while it trains (gpt2jax.runtime.lock).
+    SIGTERM/SIGINT stop the run cleanly (gpt2jax.runtime.signals); the run dir is locked while it trains
+    (gpt2jax.runtime.lock).
     """
+    return train_group([config], devices)[0]
+
+
+def train_group(configs: list, devices=None, replicas: bool = False) -> list[dict]:
+    """`train` for one config, or for S configs that differ only in name and seed as replicas of one vmapped
+    program on one device (`replicas=True`): the same loop, guards and summary, one run directory each."""
     stop = StopSignals(say=tqdm.write).install()
     with contextlib.ExitStack() as stack:
         stack.callback(stop.restore)
-        return _train(config, devices, stop, stack)
+        return _train(configs, devices, stop, stack, replicas)
 
 
-def _train(config, devices, stop: StopSignals, stack: contextlib.ExitStack) -> dict:
+def _train(configs, devices, stop: StopSignals, stack: contextlib.ExitStack, replicas: bool) -> list[dict]:
     clock = metrics_lib.RunClock()
     t0 = clock.t0
     with clock.phase("startup"):
-        run = start_run(config, devices, stop, stack)
+        run = start_run(configs, devices, stop, stack, replicas)
     run.clock = clock
-    stack.callback(run.logger.close, None, 1)  # after an error (a no-op once closed with the summary)
+    for member in run.members:
+        stack.callback(member.logger.close, None, 1)  # after an error (a no-op once closed with the summary)
     spec = run.spec
+    where = (f"{len(run.members)} replicas in {spec.run_dir.parent}" if replicas else f"run dir {spec.run_dir}")
     run.say(f"model {param_count(spec.model) / 1e6:.2f}M params | mesh {dict(run.layout.mesh.shape)} | "
             f"{spec.tokens_per_step:,} tokens/step | {spec.train.steps_per_call} step(s)/call | "
-            f"compile {run.compile_s:.1f}s | run dir {spec.run_dir}")
+            f"compile {run.compile_s:.1f}s | {where}")
     loop_s = train_loop(run, stop, stack, t0)
-    final = None
+    finals = [None] * len(run.members)
     if run.step == spec.train.max_steps and spec.train.final_eval:
         with clock.phase("final"):
-            final = final_eval_and_sample(run)
-    summary = write_summary(run, stop, final, loop_s, t0)
-    run.logger.close(summary)
-    return summary
+            finals = final_eval_and_sample(run)
+    summaries = write_summaries(run, stop, finals, loop_s, t0)
+    for member, summary in zip(run.members, summaries):
+        member.logger.close(summary)
+    return summaries
 
 
 def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: float) -> float:
@@ -453,8 +530,8 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
     actions = periodic_actions(run)
     bar = tqdm(total=t.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True,
                disable=not show_progress(run))
-    log = TrainLog(run.logger, bar, t.log_every, spec.end, spec.tokens_per_step,
-                   flops_per_token(spec.model, spec.seq_len), run.peak, t0, run.start, run.last, run.nonfinite)
+    log = TrainLog(run.members, bar, t.log_every, spec.end, spec.tokens_per_step,
+                   flops_per_token(spec.model, spec.seq_len), run.peak, t0, run.start)
     log.plain = run.say if run.lead and not show_progress(run) else None  # batch-job logs: no "\r" bar
     watchdog = stack.enter_context(make_watchdog(t, spec.run_dir))
     profiler = stack.enter_context(StepProfiler(t.profile_steps, t.max_steps, spec.run_dir, run.say))
@@ -478,7 +555,8 @@ def train_loop(run: Run, stop: StopSignals, stack: contextlib.ExitStack, t0: flo
                     done[action.name] = action.run(run, watchdog, done)
         watchdog.beat(f"checkpoint wait at step {run.step}")
         with run.clock.phase("checkpoints"):
-            run.ckpts.wait()
+            for member in run.members:
+                member.ckpts.wait()
     finally:
         close_loop(run, log, bar, watchdog)
         stop.in_loop = False
@@ -508,33 +586,36 @@ def train_call(run: Run, stop: StopSignals, log: TrainLog, bar, actions: list[Ac
     t, step = run.spec.train, run.step
     k = cadence.call_length(step, run.spec.end, t.steps_per_call)  # k steps in this call (a multiple-of-k start)
     if k > 1:
-        run.state, m = run.fns["multi"](run.state, global_batch(run.train_loader, step, run.layout.stacked_batch, k))
+        run.state, m = run.fns["multi"](run.state, run.batch(step, k))
     else:
-        run.state, m = run.fns["step"](run.state, global_batch(run.train_loader, step, run.layout.batch))
+        run.state, m = run.fns["step"](run.state, run.batch(step, 0))
     log.add(step, k, m)
     run.step = step = step + k
     bar.update(k)
-    run.ckpts.check()  # a background save that failed stops the run here, in one message
+    for member in run.members:
+        member.ckpts.check()  # a background save that failed stops the run here, in one message
     boundary = any(action.due(step) for action in actions)
     stopping = stop.should_stop(sync_point=boundary or step // t.log_every != (step - k) // t.log_every)
     log.flush(keep_last=not (boundary or stopping))
-    run.nonfinite.check(t.skip_nonfinite, run.ckpts, run.spec.optim.lr)  # at boundaries: nothing non-finite saved
+    for member in run.members:  # at boundaries: nothing non-finite saved
+        member.nonfinite.check(t.skip_nonfinite, member.ckpts, run.spec.optim.lr)
     return stopping
 
 
 def eval_and_sample(run: Run, watchdog, done: dict) -> float:
     """A periodic evaluation on the fixed val batches, printed with a sample (unless the final eval follows,
-    which prints its own). -> val loss"""
+    which prints its own). -> val losses, one per member"""
     watchdog.beat(f"eval at step {run.step}")
     with run.clock.phase("evals"):
-        val_loss = run.evaluate(run.step)
-    run.say(f"step {run.step}: val loss {val_loss:.4f}, ppl {metrics_lib.perplexity(val_loss):.2f}")
+        val_losses = run.evaluate(run.step)
+    run.say(f"step {run.step}: val loss " + ", ".join(f"{v:.4f}" for v in val_losses)
+            + f", ppl {metrics_lib.perplexity(val_losses[0]):.2f}" + (" (first replica)" if len(val_losses) > 1 else ""))
     final_follows = run.step == run.spec.train.max_steps and run.spec.train.final_eval
     with run.clock.phase("samples"):
         text = None if final_follows else run.sample(run.step)
     if text is not None:
         run.say("  sample: " + text.replace("\n", "\n  | "))
-    return val_loss
+    return val_losses
 
 
 def save_checkpoint(run: Run, watchdog, done: dict) -> None:
@@ -552,31 +633,51 @@ def close_loop(run: Run, log: TrainLog, bar, watchdog) -> None:
         pass
     bar.close()
     watchdog.stop()
-    try:
-        run.ckpts.close()
-    except SaveError as e:  # only reached while another error propagates: report both
-        run.say(f"error: {e}")
+    for member in run.members:
+        try:
+            member.ckpts.close()
+        except SaveError as e:  # only reached while another error propagates: report both
+            run.say(f"error: {e}")
 
 
-def final_eval_and_sample(run: Run) -> dict:
-    """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample."""
+def final_eval_and_sample(run: Run) -> list[dict]:
+    """The whole val split with sliding windows (shared with the evaluation suite), logged, printed, and a sample;
+    one result per member."""
     spec, t = run.spec, run.spec.train
-    final = final_eval(spec.model, run.state["params"], run.val_split, spec.seq_len, t.final_eval_stride,
-                       t.eval_batch_size, run.layout.mesh, run.layout.rules, show_progress(run))
-    run.logger.write(dict(kind="final", step=run.step, **final))
-    run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
-            f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})")
+    finals = []
+    for i, member in enumerate(run.members):
+        final = final_eval(spec.model, run.part(run.state["params"], i), run.val_split, spec.seq_len,
+                           t.final_eval_stride, t.eval_batch_size, run.layout.mesh, run.layout.rules,
+                           show_progress(run))
+        member.logger.write(dict(kind="final", step=run.step, **final))
+        run.say(f"final val loss {final['val_loss']:.4f}, perplexity {final['val_ppl']:.2f} "
+                f"({final['tokens']:,} val tokens, sliding windows of {spec.seq_len}, stride {final['stride']})"
+                + (f" [{member.spec.config.name}]" if len(run.members) > 1 else ""))
+        finals.append(final)
     if (text := run.sample(run.step)) is not None:
         run.say("sample:\n" + text)
-    return final
+    return finals
 
 
-def write_summary(run: Run, stop: StopSignals, final: dict | None, loop_s: float, t0: float) -> dict:
-    spec, step = run.spec, run.step
+def write_summaries(run: Run, stop: StopSignals, finals: list, loop_s: float, t0: float) -> list[dict]:
+    """summary.json of every member; replicas add `replicas: S`, and each counts its share (1/S) of the loop's
+    time, so their mfu is the whole program's."""
+    S = len(run.members)
+    summaries = [write_summary(run, member, stop, final, loop_s / S, t0) for member, final in zip(run.members, finals)]
+    if run.layout.replicas:
+        for member, summary in zip(run.members, summaries):
+            summary["replicas"] = S
+            if run.lead:
+                (member.spec.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summaries
+
+
+def write_summary(run: Run, member: Member, stop: StopSignals, final: dict | None, loop_s: float, t0: float) -> dict:
+    spec, step = member.spec, run.step
     summary = dict(run_dir=str(spec.run_dir), start_step=run.start, step=step, max_steps=spec.train.max_steps,
                    stopped_early=step < spec.train.max_steps, stopped_by=stop.requested,
-                   nonfinite_steps=run.nonfinite.count, params=param_count(spec.model), loss=run.last["loss"],
-                   val_loss=run.last["val_loss"], final=final, compile_s=run.compile_s)
+                   nonfinite_steps=member.nonfinite.count, params=param_count(spec.model), loss=member.last["loss"],
+                   val_loss=member.last["val_loss"], final=final, compile_s=run.compile_s)
     summary.update(compute_summary(spec.model, spec.seq_len, spec.tokens_per_step, step, step - run.start, loop_s,
                                    time.time() - t0, run.peak))
     summary.update(fork_lib.summary_fields(spec.run_dir, summary["flops_per_token"], spec.tokens_per_step, step))

@@ -43,6 +43,7 @@ class StateLayout:
     abstract: dict  # ShapeDtypeStructs of the state, no sharding
     shardings: dict  # the same tree of NamedShardings
     batch: NamedSharding  # one step's tokens (A, B, T+1): micro-batches whole, rows over the data axes
+    replicas: int = 0  # S > 0: every leaf (and the batch) has a leading (S,) replica axis, on one device
 
     @classmethod
     def build(cls, cfg, tx, mesh: Mesh, rules) -> "StateLayout":
@@ -66,6 +67,22 @@ class StateLayout:
 
     def train_target(self) -> dict:
         return {k: self.target(k) for k in TRAIN_KEYS}
+
+    def over_replicas(self, S: int) -> "StateLayout":
+        """The layout of S replicas of this state (`gpt2jax.training.replicas`): a leading (S,) axis on every leaf
+        and on the batches, on one device (replicas are for models too small to shard)."""
+        if self.mesh.devices.size != 1:
+            raise ValueError(f"replicas train on one device, got a mesh of {self.mesh.devices.size}")
+        rep = replicated(self.mesh)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((S, *a.shape), a.dtype), self.abstract)
+        return dataclasses.replace(self, abstract=abstract, shardings=jax.tree.map(lambda _: rep, self.abstract),
+                                   batch=rep, replicas=S)
+
+    def create_replicas(self, seeds) -> dict:
+        """Fresh states for these seeds as one program, stacked on the replica axis; each is bitwise what `create`
+        gives its seed (tests/test_replicas.py)."""
+        init = jax.vmap(functools.partial(initial_state, self.cfg, self.tx))
+        return jax.jit(init, out_shardings=self.shardings)(jnp.asarray(seeds, jnp.int32))
 
     def create(self, seed: int) -> dict:
         """A fresh state for `seed`, created directly in its shardings. The seed is a traced int32 argument, not a
