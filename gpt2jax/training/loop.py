@@ -420,7 +420,7 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
         check_train_config(config)  # the checks that need neither data nor devices come first
     train_split, val_split = open_data(configs[0])
     tokenizer = train_split.tokenizer
-    specs = [resolve(config, tokenizer, devices) for config in configs]
+    specs = [resolve(config, tokenizer, devices, checked=True) for config in configs]
     spec = specs[0]
     t, seq_len = spec.train, spec.seq_len
     # CPU: keep freed host memory when a micro-batch's float32 logits are large (gpt2jax.runtime.hostmem), before JAX

@@ -92,10 +92,13 @@ def resolve_batch(t, seq_len: int, data_parallel: int) -> None:
     t.grad_accum = t.tokens_per_step // micro
 
 
-def resolve(config, tokenizer, devices=None) -> TrainSpec:
+def resolve(config, tokenizer, devices=None, checked: bool = False) -> TrainSpec:
     """Check the config and decide every default it leaves open, given the data's tokenizer and the devices the
-    run trains on (default: all; only train.batch_size_per_device reads how many ways the mesh splits a batch)."""
-    check_train_config(config)
+    run trains on (default: all; only train.batch_size_per_device reads how many ways the mesh splits a batch).
+    checked: the caller already ran check_train_config (start_run does, before opening any data), so a run checks
+    its config once."""
+    if not checked:
+        check_train_config(config)
     c = config.copy_and_resolve_references()
     t = c.train
     parse_profile_steps(t.profile_steps, t.max_steps)  # one line for a malformed range, before anything compiles
