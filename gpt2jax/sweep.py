@@ -463,8 +463,9 @@ def jobs_of(experiment, configs) -> list[list]:
     for variant, config in configs:
         if is_finished(config):
             continue
+        # forks continue a checkpoint; stable runs need theirs at every branch point (replicas save only the last)
         fresh = (not (Path(config.run_root) / config.name / "checkpoints").exists() and not config.init_from
-                 and not config.train.fork_from)
+                 and not config.train.fork_from and not (experiment.cooldowns and is_stable(config)))
         if use_replicas and fresh and experiment.seed_list():
             groups.setdefault((variant, replica_key(config)), []).append((variant, config))
         else:
@@ -572,6 +573,10 @@ def add_cooldown_report(out_dir: Path, experiment, configs, summaries: dict, res
     lines, section = report(experiment, configs, finished, experiment.cooldown_twins,
                             lambda s: lookup(s, experiment.metric) if s else None)
     result["cooldowns"] = section
+    from gpt2jax.studies.cooldowns import plot
+
+    if plot(out_dir / "cooldowns.png", configs, experiment.cooldown_twins) is not None:
+        lines += ["![cooldowns](cooldowns.png)", ""]
     with open(out_dir / "results.md", "a") as f:
         f.write("\n" + "\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -12,7 +12,7 @@ import pytest
 
 from gpt2jax.config import ConfigError
 from gpt2jax.studies import cooldowns
-from gpt2jax.sweep import Experiment, build_configs, run_sweep
+from gpt2jax.sweep import Experiment, build_configs, jobs_of, run_sweep
 from gpt2jax.train import parse_config, train
 from gpt2jax.training.compute import shared_prefix_compute
 from gpt2jax.training.optim import SCHEDULES, OptimSpec
@@ -127,6 +127,9 @@ def test_cooldown_plan_and_branch_point_learning_rates(tmp_path):
     # seeds: one stable run per (variant, seed)
     e2 = experiment(tmp_path, REPO / "configs" / "tiny_test.py", seeds=2)
     assert sum(cooldowns.is_stable(c) for _, c in build_configs(e2, {})) == 2
+    # ... which never train as one replica group (replicas save only their last checkpoint; the forks need all)
+    e3 = experiment(tmp_path, REPO / "configs" / "tiny_test.py", seeds=2, replicas=True)
+    assert all(len(job) == 1 for job in jobs_of(e3, build_configs(e3, {})))
     with pytest.raises(ConfigError, match="fraction"):
         build_configs(experiment(tmp_path, REPO / "configs" / "tiny_test.py", cooldowns=(-1,)), {})
 
@@ -173,4 +176,5 @@ def get_experiment():
     assert section["compute"]["saved_flops"] > 0
     md = (tmp_path / "runs" / "wsd_e2e" / "results.md").read_text()
     assert "## Cooldowns" in md and "separate full runs" in md
+    assert "![cooldowns](cooldowns.png)" in md and (tmp_path / "runs" / "wsd_e2e" / "cooldowns.png").is_file()
     assert all(r["variant"] != "n_layer=1,stable" for r in result["rows"])

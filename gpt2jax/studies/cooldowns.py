@@ -156,8 +156,11 @@ def report(experiment, configs, summaries: dict, twins: str, metric) -> tuple[li
             line += f" {row['twin']} | {_f(other)} | {'-' if diff is None else f'{diff:+.2%}'} |"
         rows.append(row)
         lines.append(line)
+    wsd_wall = sum(w for w in [s.get("wall_s") for s in stable] + [s.get("wall_s") for _, s in forks]
+                   if isinstance(w, (int, float)))
+    compute["wsd_wall_s"] = wsd_wall
     lines += ["", "Compute (training FLOPs as every run records them, gpt2jax.training.compute):",
-              f"- this study's WSD way: {_g(compute['study_flops'])} FLOPs = the stable runs "
+              f"- this study's WSD way: {_g(compute['study_flops'])} FLOPs ({wsd_wall:.0f} s wall) = the stable runs "
               f"{_g(compute['stable_flops'])} (each shared prefix counted once) + the cooldowns after their fork "
               f"points {_g(compute['cooldown_flops'])}",
               f"- separate full runs to each budget: {_g(compute['separate_flops'])} FLOPs",
@@ -168,8 +171,12 @@ def report(experiment, configs, summaries: dict, twins: str, metric) -> tuple[li
         twin_flops = [summaries.get(c.name, {}).get("flops") for _, c in configs
                       if f",{twins}=" in c.name and not c.train.get("fork_from")]
         total = sum(f for f in twin_flops if isinstance(f, (int, float)))
-        lines.append(f"- the {twins} twins this experiment also trained for comparison: {_g(total)} FLOPs")
-        compute["twin_flops"] = total
+        wall = sum(w for w in (summaries.get(c.name, {}).get("wall_s") for _, c in configs
+                               if f",{twins}=" in c.name and not c.train.get("fork_from"))
+                   if isinstance(w, (int, float)))
+        lines.append(f"- the {twins} twins this experiment also trained for comparison: {_g(total)} FLOPs, "
+                     f"{wall:.0f} s wall")
+        compute.update(twin_flops=total, twin_wall_s=wall)
     return lines + [""], dict(rows=rows, compute=compute)
 
 
@@ -179,3 +186,41 @@ def _f(x) -> str:
 
 def _g(x) -> str:
     return "-" if not isinstance(x, (int, float)) else f"{x:.4g}"
+
+
+def plot(path: Path, configs, twins: str) -> Path | None:
+    """Val loss (the periodic evals) against tokens: each stable run, its cooldowns branching off it, and the
+    twins dashed. -> the file, or None when no run has evals yet."""
+    from gpt2jax.training.metrics import read_metrics
+
+    curves = []
+    for _, c in configs:
+        per_step = tokens_per_step(c)
+        evals = [(r["step"] * per_step, r["val_loss"]) for r in read_metrics(Path(c.run_root) / c.name)
+                 if r["kind"] == "eval" and isinstance(r.get("val_loss"), (int, float))]
+        if evals and c.train.get("fork_from"):  # the branch starts where the stable curve is at the fork step
+            source, _, step = c.train.fork_from.rpartition("@")
+            evals += [(r["step"] * per_step, r["val_loss"]) for r in read_metrics(Path(source))
+                      if r["kind"] == "eval" and r["step"] == int(step) and isinstance(r.get("val_loss"), (int, float))]
+        if evals:
+            style = "-" if c.train.get("fork_from") else ("k-" if is_stable(c) else "--")
+            curves.append((c.name, style, sorted(evals)))
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, style, points in curves:
+        x, y = zip(*points)
+        ax.plot(x, y, style, marker=".", label=name, linewidth=2.5 if style == "k-" else 1.2)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("val loss (periodic evals)")
+    ax.set_title("stable run, cooldown branches" + (f" and {twins} runs (dashed)" if twins else ""))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
