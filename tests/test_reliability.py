@@ -144,6 +144,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(char_
     run1(tiny(char_data, tmp_path, max_steps=10, eval_every=5))  # good checkpoints at steps 5 and 10
     c = tiny(char_data, tmp_path, max_steps=60, eval_every=5, checkpoint_every=5, log_every=5)
     c.optim.update(lr=1e6, min_lr=0.0, warmup_steps=0)  # the same run goes on with a diverging lr
+    c.train.allow_config_change = True  # (a resume with other optim settings is refused without it: issue 37)
     with pytest.raises(TrainingStopped, match=r"NaN/Inf at step (\d+) .*the last checkpoint, step (\d+), holds the "
                                               r"last good state") as e:
         run1(c)

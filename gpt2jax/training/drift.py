@@ -3,7 +3,8 @@
 A resumed run continues bitwise exactly (tests/test_resume.py) only with the settings it was trained with. The
 previous start's resolved config is `<run dir>/config.json`; against it, before anything in the run dir changes:
     refused   seed, every data.*, model.* and optim.* field, train.batch_size / grad_accum (and the other batch
-              sizing fields): they change the data order, the batches, the model or the updates. With
+              sizing fields; not where batch_size_per_device / tokens_per_step derive them from the device
+              count): they change the data order, the batches, the model or the updates. With
               `--config.train.allow_config_change=True` the run continues with the new values, said in one line.
     allowed   everything else, named in one note line: stop_at, logging, eval and checkpoint cadence,
               sampling, retention, the watchdog, the mesh and sharding rules, name / run_root / init_from
@@ -48,6 +49,9 @@ def diff(old: dict, new: dict) -> tuple[list[str], list[str]]:
     that only one of them has (an older or newer schema) are skipped."""
     a, b = flatten(old), flatten(new)
     steps = (a.get("train.max_steps"), b.get("train.max_steps"))
+    # sized per device / per step (gpt2jax.training.spec): batch_size and grad_accum follow the device count, so a
+    # resume on another count (docs/cluster.md) re-splits the same step; that is noted, not refused
+    derived = {"train.batch_size": "train.batch_size_per_device", "train.grad_accum": "train.tokens_per_step"}
     breaking, harmless = [], []
     for field in sorted(a.keys() & b.keys()):
         x, y = a[field], b[field]
@@ -56,7 +60,8 @@ def diff(old: dict, new: dict) -> tuple[list[str], list[str]]:
         if field == "train.max_steps" or field.startswith("optim.") and (x, y) == steps:
             continue  # a longer (or shorter) run: the trainer's own line says what it does to the schedule
         line = f"{field} {x!r} -> {y!r}"
-        (breaking if changes_trajectory(field) else harmless).append(line)
+        follows_devices = field in derived and a.get(derived[field]) and a.get(derived[field]) == b.get(derived[field])
+        (breaking if changes_trajectory(field) and not follows_devices else harmless).append(line)
     return breaking, harmless
 
 
