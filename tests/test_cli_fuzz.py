@@ -1,5 +1,5 @@
 """Issue 9, finding 8 / acceptances 4 and 6: every CLI answers bad input with one clear line (exit 2) before any
-expensive work, never a traceback, a silent acceptance or a hang.
+expensive work, never a traceback, a silent acceptance or a hang. Issue 37 adds run names and metrics files.
 
 `test_finding8_tally` runs one concrete case for each kind of bad input the issue lists and prints the tally
 (clear / traceback / accepted / hang). `test_fuzz_*` let hypothesis combine flags, values, config files, data files
@@ -228,6 +228,50 @@ def test_fuzz_sweep(files, capsys, data):
                                                      "model.n_head=3", "optim.lr=nan", "train.batch_size=-1",
                                                      "noequals", "train.checkpoint_every=-1"]))]
     check(sweep.main, argv, capsys)
+
+
+NAMES = ["..", ".", "", "a/b", "../escape", "..\\x", "x" * 300, "ok", "run 2", "-dash", "café", "a\x00b"]
+GOOD_NAMES = ("ok", "run 2", "-dash", "café")
+METRICS = {"binary": bytes(range(256)), "torn": b'{"kind": "train", "step": 1, "loss": 3.0}\n{"kind": "tr',
+           "wrong types": b'{"kind": "train", "step": "x"}\n{"kind": 3, "step": null}\n[1, 2]\n"text"\n'}
+
+
+@settings(FUZZ, max_examples=16)
+@given(data=st.data())
+def test_fuzz_run_names_and_metrics_files(files, capsys, data):
+    """Issue 37 (findings 5, 9): run names that would leave run_root, and metrics.jsonl in odd states (a directory,
+    binary, torn, wrong types), end in one clear line, never a traceback or a hang, and nothing is written outside
+    run_root (an absolute name included). A good name reaches the run dir (lock taken, then refused by
+    resume=False over an existing checkpoint, so no case compiles); the metrics reader and the restart rewind
+    then read the file as a run would."""
+    d = files["dir"]
+    root = d / f"names{len(list(d.glob('names*')))}"
+    run_root = root / "runs"
+    run_root.mkdir(parents=True)
+    name = data.draw(st.sampled_from(NAMES + [str(root / "absolute")]))
+    metrics = data.draw(st.sampled_from(["missing", "directory", *METRICS]))
+    run = run_root / name if name in GOOD_NAMES else None
+    if run is not None:
+        (run / "checkpoints" / "10").mkdir(parents=True)
+        if metrics == "directory":
+            (run / "metrics.jsonl").mkdir()
+        elif metrics in METRICS:
+            (run / "metrics.jsonl").write_bytes(METRICS[metrics])
+    before = set(root.rglob("*"))
+    argv = ["train", "--config", str(REPO / "configs" / "tiny_test.py"), f"--config.data.dir={files['char_data']}",
+            f"--config.run_root={run_root}", f"--config.name={name}", "--config.train.resume=False"]
+    kind, line = outcome(train.main, argv, capsys)
+    TALLY[kind] = TALLY.get(kind, 0) + 1
+    assert kind == "clear", (name, metrics, kind, line)
+    outside = [p for p in set(root.rglob("*")) - before if run_root not in p.parents]
+    assert not outside, (name, outside)
+    if run is not None and metrics in METRICS:
+        from gpt2jax.training import metrics as metrics_lib
+
+        with time_bound():
+            metrics_lib.read_metrics(run)
+            metrics_lib.rewind_metrics(run, 0)
+        assert metrics_lib.read_metrics(run) == []
 
 
 def test_fuzz_tally_report():
