@@ -26,6 +26,7 @@ ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "reference")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 LAYER_NORM_IMPLS = ("auto", "autodiff", "manual")
 DTYPES = ("float32", "bfloat16", "float16")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,11 @@ class GPTConfig:
     # lax.scan unroll factor over layers; n_layer = fully unrolled straight-line code, 1 = rolled; 0 = auto
     # (model.layer_unroll: fully unrolled up to 24 layers)
     scan_unroll: int = 0
+    # sp: GPT-2's standard parametrization | mup: maximal update parametrization for Adam (Yang et al. 2022,
+    # "Tensor Programs V"): hidden matrices' init std and Adam lr x sqrt(base/width) and base/width, attention
+    # scores / head_dim, logits x base/width (gpt2jax.model.gpt, gpt2jax.training.optim.mup_lr_multipliers)
+    parametrization: str = "sp"
+    mup_base_width: int = 256  # mup: the n_embd at which muP equals SP's init and learning rates (ignored by sp)
 
     def __post_init__(self):
         self.validate()
@@ -66,6 +72,16 @@ class GPTConfig:
     @property
     def embedding_rows(self) -> int:
         return self.padded_vocab_size or self.vocab_size
+
+    @property
+    def mup(self) -> bool:
+        return self.parametrization == "mup"
+
+    @property
+    def mup_ratio(self) -> float:
+        """muP's base_width / width (mup_base_width / n_embd): the hidden matrices' Adam lr multiplier and the
+        logit multiplier; its square root scales their init std. 1.0 under SP."""
+        return self.mup_base_width / self.n_embd if self.mup else 1.0
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -120,6 +136,12 @@ class GPTConfig:
             raise ConfigError(f"model.remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.layer_norm not in LAYER_NORM_IMPLS:
             raise ConfigError(f"model.layer_norm={self.layer_norm!r} is not one of {LAYER_NORM_IMPLS}")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(f"model.parametrization={self.parametrization!r} is not one of {PARAMETRIZATIONS}")
+        if isinstance(self.mup_base_width, bool) or not isinstance(self.mup_base_width, int) \
+                or self.mup_base_width <= 0:
+            raise ConfigError(f"model.mup_base_width must be a positive integer (the n_embd of the base model whose "
+                              f"hyperparameters muP transfers), got {self.mup_base_width!r}")
 
     def check_tokens(self, seq_len: int, max_token_id: int | None = None) -> None:
         """Reject inputs the model cannot embed. Call before tracing; both checks are host-side."""

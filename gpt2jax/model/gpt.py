@@ -53,6 +53,20 @@ def _dense(cfg: GPTConfig, features: int, axes: tuple[str, str], std: float, nam
     )
 
 
+def hidden_init_std(cfg: GPTConfig, std: float) -> float:
+    """Init std of a hidden matrix (c_attn, c_proj, c_fc: both fan-in and fan-out grow with width): GPT-2's `std`
+    under SP; under muP `std * sqrt(base_width / width)`, i.e. variance 1/fan_in relative to the base model, as
+    mup.init.normal_ does for matrix-like parameters (Yang et al. 2022, Table 3; Cerebras-GPT's muP recipe).
+    Embeddings, biases and LayerNorms keep their SP init."""
+    return std * math.sqrt(cfg.mup_ratio) if cfg.mup else std
+
+
+def attention_scale(cfg: GPTConfig) -> float:
+    """What the attention scores q.k are multiplied by: 1/sqrt(head_dim) under SP, 1/head_dim under muP
+    (Yang et al. 2022, sec. 4 / appendix J; mutransformers' GPT-2 with attn_mult=1)."""
+    return 1 / cfg.head_dim if cfg.mup else 1 / math.sqrt(cfg.head_dim)
+
+
 def layer_norm_impl(cfg: GPTConfig) -> str:
     """model.layer_norm resolved for this backend: "auto" is the hand-written backward pass on the CPU (faster
     there, see gpt2jax.model.layernorm), flax's nn.LayerNorm under autodiff elsewhere."""
@@ -190,8 +204,10 @@ class CausalSelfAttention(nn.Module):
         cfg = self.cfg
         B, T, C = x.shape
         N, H = cfg.n_head, cfg.head_dim
-        qkv = _dense(cfg, 3 * C, ("embed", "qkv"), INIT_STD, "c_attn")(x)  # (B, T, 3C)
+        qkv = _dense(cfg, 3 * C, ("embed", "qkv"), hidden_init_std(cfg, INIT_STD), "c_attn")(x)  # (B, T, 3C)
         q, k, v = (part.reshape(B, T, N, H) for part in jnp.split(qkv, 3, axis=-1))
+        if cfg.mup:  # scores / H (attention_scale): every implementation below divides them by sqrt(H) itself
+            q = q * jnp.asarray(1 / math.sqrt(H), q.dtype)
 
         new_cache = None
         if layer_cache is None:  # training / full forward: keys are the queries' own positions
@@ -212,7 +228,8 @@ class CausalSelfAttention(nn.Module):
             y = dot_product_attention(cfg, q, k.astype(q.dtype), v.astype(q.dtype), mask, is_causal)  # (B, T, N, H)
         y = y.reshape(B, T, C)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) (two residual adds per block).
-        y = _dense(cfg, C, ("heads", "embed"), INIT_STD / math.sqrt(2 * cfg.n_layer), "c_proj")(y)
+        y = _dense(cfg, C, ("heads", "embed"), hidden_init_std(cfg, INIT_STD / math.sqrt(2 * cfg.n_layer)),
+                   "c_proj")(y)
         y = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(y)
         return y, new_cache
 
@@ -224,9 +241,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        h = _dense(cfg, 4 * cfg.n_embd, ("embed", "mlp"), INIT_STD, "c_fc")(x)  # (B, T, 4C)
+        h = _dense(cfg, 4 * cfg.n_embd, ("embed", "mlp"), hidden_init_std(cfg, INIT_STD), "c_fc")(x)  # (B, T, 4C)
         h = jax.nn.gelu(h, approximate=True)  # GPT-2's gelu is the tanh approximation
-        h = _dense(cfg, cfg.n_embd, ("mlp", "embed"), INIT_STD / math.sqrt(2 * cfg.n_layer), "c_proj")(h)
+        h = _dense(cfg, cfg.n_embd, ("mlp", "embed"), hidden_init_std(cfg, INIT_STD / math.sqrt(2 * cfg.n_layer)),
+                   "c_proj")(h)
         return nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h)
 
 
@@ -303,8 +321,11 @@ class GPT(nn.Module):
 
     def raw_logits(self, x):
         """Final LayerNorm and the LM head tied to wte: (B, T, C) -> (B, T, V) in the compute dtype, padded rows
-        as they come."""
+        as they come. Under muP the head's input is multiplied by base_width / width first: the mup package's
+        MuSharedReadout (output_mult * x / width_mult, the readout tied to wte), cheaper on x than on the logits."""
         x = self.ln_f(x)
+        if self.cfg.mup:
+            x = x * jnp.asarray(self.cfg.mup_ratio, x.dtype)
         if x.shape[1] == 1:
             # One position (a decode step): written as (V, C) x (B, 1, C), XLA (CPU) runs a plain matrix-vector
             # product over contiguous embedding rows instead of fusing ln_f into a slower loop (bench/results).

@@ -9,7 +9,9 @@ receives the `OptimSpec` and returns a function of the update count. Nothing els
 `make_optimizer` adds gradient clipping in front and wraps the whole chain in `skip_nonfinite`, the NaN/Inf guard
 (the train step passes `apply=False` for a non-finite batch and every optimizer then leaves params and state
 exactly as they were). An optimizer can only skip the wrapper by declaring that it skips itself, and the
-divergence test in tests/test_optim.py runs every registered optimizer to hold it to that.
+divergence test in tests/test_optim.py runs every registered optimizer to hold it to that. Under
+model.parametrization=mup a stateless multiplier per parameter (`mup_lr_multipliers`: muP's Adam learning rates)
+follows the optimizer, inside the guard; SP's chain has no such stage.
 
 The defaults follow nanoGPT's train.py (`get_lr`, `configure_optimizers`), so its well-known runs reproduce: the
 cosine learning rate at step `it` is
@@ -36,18 +38,24 @@ from gpt2jax.model import logical_axes
 OPTIMIZERS: dict[str, Callable] = {}
 SCHEDULES: dict[str, Callable] = {}
 SKIPS_ITSELF: set[str] = set()  # optimizers whose update honours `apply` in place (see skip_nonfinite)
+MUP_SCALES: set[str] = set()  # optimizers muP may scale per parameter (mup_lr_multipliers)
 
 
-def optimizer(name: str, skips_itself: bool = False):
+def optimizer(name: str, skips_itself: bool = False, mup: bool = True):
     """Register `fn(o: OptimSpec, schedule, decay_mask, cfg) -> optax transformation` as optim.name=<name>.
 
     skips_itself: the transformation's update takes `apply` and, where False, returns zero updates and its state
     unchanged, computing in place; `make_optimizer` then leaves out the generic guard's selects (an extra read and
-    write of every state buffer per step). tests/test_optim.py's divergence test holds every optimizer to it."""
+    write of every state buffer per step). tests/test_optim.py's divergence test holds every optimizer to it.
+    mup: the update is the learning rate times a per-coordinate normalised direction (Adam-like: Adam, Lion's sign,
+    Adafactor's RMS), so under model.parametrization=mup `make_optimizer` may multiply each parameter's update by
+    its muP learning-rate multiplier (`mup_lr_multipliers`); False refuses muP with this optimizer."""
     def register(fn):
         OPTIMIZERS[name] = fn
         if skips_itself:
             SKIPS_ITSELF.add(name)
+        if mup:
+            MUP_SCALES.add(name)
         return fn
     return register
 
@@ -231,7 +239,10 @@ def muon_dimensions(cfg: GPTConfig):
     return jax.tree.map(dims, logical_axes(cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
-@optimizer("muon")
+# muon orthogonalises the hidden matrices' updates (a spectral step with its own shape scaling, not Adam's
+# per-coordinate one); schedule-free AdamW's update is an average of iterates kept in its state, which a multiplier
+# on the update would desynchronise from the params. muP's Adam rules fit neither.
+@optimizer("muon", mup=False)
 def muon(o: OptimSpec, lr, mask, cfg: GPTConfig):
     adam_lr = (lambda it: o.muon_adam_lr_ratio * lr(it)) if o.muon_adam_lr_ratio != 1.0 else None
     return optax.contrib.muon(lr, ns_steps=o.muon_ns_steps, beta=o.muon_beta, eps=o.eps,
@@ -240,7 +251,7 @@ def muon(o: OptimSpec, lr, mask, cfg: GPTConfig):
                               muon_weight_dimension_numbers=muon_dimensions(cfg))
 
 
-@optimizer("schedule_free_adamw")
+@optimizer("schedule_free_adamw", mup=False)
 def schedule_free_adamw(o: OptimSpec, lr, mask, cfg: GPTConfig):
     """Defazio et al. 2024 ("The Road Less Scheduled"): a constant lr with its own warmup. The params it trains are
     the gradient-evaluation sequence y; evaluations use them as they are."""
@@ -258,11 +269,43 @@ def make_optimizer(optim, cfg: GPTConfig, max_steps: int | None = None) -> tuple
     no-op (zero updates, the same state), which is how the train step skips a non-finite batch."""
     o = optim if isinstance(optim, OptimSpec) else OptimSpec.resolve(optim, max_steps)
     OptimSpec.check(o)
+    check_mup(o, cfg)
     lr = SCHEDULES[o.schedule](o)
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
     parts.append(OPTIMIZERS[o.name](o, lr, decay_mask(cfg), cfg))
+    if cfg.mup:  # after the optimizer, inside the guard: a skipped step's zero updates stay zero
+        parts.append(scale_by_tree(mup_lr_multipliers(cfg)))
     chain = optax.chain(*parts)  # clipping is stateless: the optimizer's own skip covers the whole chain
     return (chain if o.name in SKIPS_ITSELF else skip_nonfinite(chain)), lr
+
+
+def check_mup(o: OptimSpec, cfg: GPTConfig) -> None:
+    if cfg.mup and o.name not in MUP_SCALES:
+        raise ConfigError(f"model.parametrization=mup is implemented for Adam-like optimizers "
+                          f"({', '.join(sorted(MUP_SCALES))}), not optim.name={o.name}: see optim.optimizer(mup=...)")
+
+
+def mup_lr_multipliers(cfg: GPTConfig):
+    """muP's per-parameter learning-rate multipliers for Adam-like optimizers (Yang et al. 2022, "Tensor Programs
+    V", Table 3; the mup package's MuAdam): base_width / width for the hidden matrices (the layers' c_attn, c_proj,
+    c_fc kernels: fan-in and fan-out both grow with width), 1 for everything else (the embeddings wte and wpe,
+    which are also the tied readout, whose 1/width lives in the logit multiplier instead; biases; LayerNorms).
+
+    The multiplier scales a parameter's whole update, weight decay included: the decay per step of a hidden matrix
+    is lr x weight_decay x base/width (the mup package's MuAdam instead multiplies weight_decay by width/base, so
+    that torch AdamW's lr x weight_decay stays constant)."""
+    ratio = cfg.mup_ratio
+    hidden = lambda spec: tuple(spec)[:1] == ("layers",) and len(tuple(spec)) == 3  # noqa: E731
+    return jax.tree.map(lambda spec: ratio if hidden(spec) else 1.0, logical_axes(cfg),
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def scale_by_tree(multipliers) -> optax.GradientTransformation:
+    """Stateless: each update times its multiplier (a tree of Python floats like the params); 1.0 leaves it as is."""
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, m: u if m == 1.0 else u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
