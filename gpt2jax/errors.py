@@ -14,12 +14,14 @@ Exit codes (docs/reliability.md has the table of faults):
     75   the watchdog found a hung step (`train.watchdog_exit`, EX_TEMPFAIL): restart to resume
     128+N a second signal N: exited at once without saving (completed checkpoints untouched)
 More error types live beside the code that raises them (ConfigError in `gpt2jax.config`, TokenizerError in
-`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generation.generate`, RunDirError in `gpt2jax.weights.checkpoint`).
+`gpt2jax.tokenizer`, GenerationError in `gpt2jax.generation.generate`).
 """
 from __future__ import annotations
 
 import errno
 import sys
+
+from gpt2jax.config import ConfigError
 
 STOPPED_EXIT_CODE = 3  # stopped early on a signal, with a checkpoint (see the table above)
 
@@ -33,8 +35,17 @@ class DataError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """Weights that cannot be loaded (a Hugging Face directory, a hub id, --init_from). The message names the
-    file and the fix."""
+    """Weights that cannot be loaded or saved: the one family of `gpt2jax.weights` (a Hugging Face directory, a hub
+    id, --init_from, a run directory and its checkpoints). The message names the file and the fix."""
+
+
+class RunDirError(CheckpointError, ConfigError):
+    """A run directory that cannot be used as asked (also a ConfigError: the run's settings point at it). The
+    message names the problem and the fix."""
+
+
+class CorruptCheckpointError(RunDirError):
+    """A checkpoint whose files do not match its manifest, cannot be read, or hold non-finite numbers."""
 
 
 class SaveError(RuntimeError):

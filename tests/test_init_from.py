@@ -14,7 +14,7 @@ from gpt2jax.config import ConfigError
 from gpt2jax.data.loader import Loader
 from gpt2jax.data.shards import open_split
 from gpt2jax.weights.hf import export_hf
-from gpt2jax.weights.init_from import fit_params
+from gpt2jax.weights.load import fit_params
 from gpt2jax.weights.load import load_model
 from gpt2jax.model import GPT, mean_loss
 from gpt2jax.train import parse_config, train

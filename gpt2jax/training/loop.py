@@ -10,7 +10,7 @@ A run, in order (everything that can be wrong about the inputs is checked before
      `gpt2jax.training.state.StateLayout` (shapes, shardings and restore targets together); a step that cannot fit the
      device's memory stops here (gpt2jax.training.memory), before any state exists;
   5. state: params + AdamW state + step + RNG key, created (or restored) directly in their shardings; with
-     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.weights.init_from);
+     --config.init_from the params come from a run dir or Hugging Face weights (gpt2jax.weights.load);
   6. the loop, cadence only (`train_loop`; metrics read one call late, so the device never waits for the host):
      step, log, evaluate on fixed val batches, sample, checkpoint; Ctrl-C/SIGTERM stop after the current call
      with a checkpoint (docs/reliability.md); then the whole val split is scored with sliding windows (the
@@ -38,7 +38,7 @@ from tqdm import tqdm
 from gpt2jax.weights import checkpoint as ckpt_lib
 from gpt2jax.runtime import compile_cache
 from gpt2jax.runtime import hostmem
-from gpt2jax.weights import init_from as init_lib
+from gpt2jax.weights import load as weights_in
 from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.training import cadence
 from gpt2jax.training.cadence import Action
@@ -439,7 +439,7 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
     ckpts = [open_run_dir(s, tokenizer, stack, say) for s in specs]
     init = None  # weights to start from (loaded and fitted before anything compiles); a resumed run ignores them
     if spec.config.init_from and not ckpts[0].steps():
-        init = init_lib.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
+        init = weights_in.load_init_params(spec.config.init_from, spec.model, tokenizer, spec.config.seed)
     fork = None  # the checkpoint a new fork starts from, checked here; a resumed fork continues from its own
     if t.get("fork_from") and not ckpts[0].steps():
         fork = fork_lib.check_source(spec, tokenizer)
@@ -464,7 +464,7 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
             write_run_files(s, tokenizer, start)
             metrics_lib.rewind_metrics(s.run_dir, start)
         if init is not None:
-            init_lib.write_record(spec.run_dir, init[1])
+            weights_in.write_record(spec.run_dir, init[1])
         if fork is not None:
             fork_lib.write_record(spec.run_dir, fork)
     val_loaders = [Loader(val_split, seq_len, t.eval_batch_size, 1, s.config.seed) for s in specs]

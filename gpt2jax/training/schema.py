@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "run"
     c.run_root = "runs"
     c.seed = 0
-    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.weights.init_from); "" = random
+    # weights to start from: a run dir, a Hugging Face GPT-2 dir or hub id (see gpt2jax.weights.load); "" = random
     c.init_from = ""
 
     c.model = GPTConfig().to_dict()

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from gpt2jax.config import ConfigError, GPTConfig
-from gpt2jax.errors import SaveError
+from gpt2jax.config import GPTConfig
+from gpt2jax.errors import CorruptCheckpointError, RunDirError, SaveError  # noqa: F401 (ckpt_lib.X)
 from gpt2jax.tokenizer import tokenizer_from_dict
 from gpt2jax.runtime.watchdog import injected_sleep
 
@@ -51,12 +51,7 @@ SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "pad
 CHUNK = 1 << 22  # bytes read at a time when checksumming
 
 
-class RunDirError(ConfigError):
-    """A run directory that cannot be used as asked. The message names the problem and the fix."""
-
-
-class CorruptCheckpointError(RunDirError):
-    """A checkpoint whose files do not match its manifest, cannot be read, or hold non-finite numbers."""
+# RunDirError, CorruptCheckpointError: the checkpoint errors' family is in gpt2jax.errors
 
 
 # orbax splits the writing of a replicated array across its replicas, slicing it with one small jit per shape;
