@@ -87,6 +87,17 @@ def test_fork_refusals(char_data, original, tmp_path):
     c.train.fork_from, c.init_from = f"{src}@10", str(src)
     with pytest.raises(ConfigError, match="keep one"):
         train(c, devices=jax.devices()[:1])
+    # another alphabet of the same size: the same model, another tokenizer
+    text = (REPO / "data" / "tinyshakespeare.txt").read_text()
+    assert "z" in text and "#" not in text
+    (tmp_path / "other.txt").write_text(text.replace("z", "#"))
+    from gpt2jax.data import prepare as prep
+
+    prep.prepare_files([tmp_path / "other.txt"], tmp_path / "other_data", tokenizer="char")
+    c = tiny(tmp_path / "other_data", tmp_path, "tok")
+    c.train.fork_from = f"{src}@10"
+    with pytest.raises(RunDirError, match=r"the source cannot continue as this run: tokenizer \S+ vs \S+; nothing"):
+        train(c, devices=jax.devices()[:1])
     c = tiny(char_data, tmp_path, "seed")
     c.seed, c.train.fork_from = 3, f"{src}@10"
     with pytest.raises(RunDirError, match="seed 0 vs 3"):
