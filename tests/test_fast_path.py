@@ -149,7 +149,7 @@ def test_impossible_fit_stops_before_allocating(char_data, tmp_path):
     c = parse_config(["train", "--config", str(REPO / "configs" / "gpt2.py") + ":gpt2-xl"])
     c.data.update(dir=str(char_data), tokenizer="char")
     c.run_root, c.name = str(tmp_path), "xl"
-    c.train.update(batch_size=64, grad_accum=1, eval_batch_size=8, eval_batches=1, compilation_cache_dir="",
+    c.train.update(batch_size=64, batch_size_per_device=0, tokens_per_step=0, grad_accum=1, eval_batch_size=8, eval_batches=1, compilation_cache_dir="",
                    tensorboard=False, progress=False, plot=False, sample_tokens=0)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with pytest.raises(MemoryFitError) as e:
