@@ -97,6 +97,7 @@ class Experiment:
     compare: tuple = ()
     cooldowns: tuple = ()  # budgets: fractions of train.max_steps or tokens (gpt2jax.studies.cooldowns)
     cooldown_twins: str = ""  # a schedule: also a separate run from step 0 to each budget under it, e.g. "cosine"
+    slurm: dict = dataclasses.field(default_factory=dict)  # --launcher slurm options (gpt2jax.studies.launch)
 
     def __post_init__(self):
         from gpt2jax.scaling import FITS, PUBLISHED
@@ -491,7 +492,8 @@ def job_name(job) -> str:
 
 
 def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run: bool = False, parallel: int = 1,
-              only: list[str] | None = None, on_change: str = "stop") -> dict:
+              only: list[str] | None = None, on_change: str = "stop", launcher: str = "local",
+              launch_options: dict | None = None) -> dict:
     experiment = load_py(experiment_file, "get_experiment")
     if not isinstance(experiment, Experiment):
         raise ConfigError(f"{experiment_file}: get_experiment() must return a gpt2jax.sweep.Experiment")
@@ -517,6 +519,12 @@ def run_sweep(experiment_file: str, extra: dict[str, Any] | None = None, dry_run
     from gpt2jax.studies.cooldowns import phases
 
     started = 0
+    if launcher != "local" and jobs:  # through submitit: one job array per sweep (gpt2jax.studies.launch)
+        from gpt2jax.studies.launch import launch
+
+        if not launch(experiment_file, experiment, extra or {}, phases(jobs), launcher, launch_options, on_change):
+            return {}  # submitted without waiting: rerun (or --status) once the jobs are done
+        jobs = []
     for phase in phases(jobs):  # cooldown forks after the stable runs they fork from
         if parallel > 1 and len(phase) > 1:
             from gpt2jax.studies.parallel import run_parallel
@@ -596,6 +604,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a run dir trained with another config than asked for now: stop (default) and say what "
                              "differs, or rename: train it anew as <run>~<config hash>")
     parser.add_argument("--only", action="append", default=None, help=argparse.SUPPRESS)  # --parallel's children
+    from gpt2jax.studies import launch
+
+    launch.add_arguments(parser)  # --launcher, its SLURM options, --status
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
@@ -606,7 +617,10 @@ def main(argv: list[str] | None = None) -> dict:
         field, value = item.split("=", 1)
         extra[field] = parse_value(value)
     try:
-        return run_sweep(args.experiment, extra, args.dry_run, args.parallel, args.only, args.on_change)
+        if args.status:
+            return launch.status(args.experiment, extra, args.on_change)
+        return run_sweep(args.experiment, extra, args.dry_run, args.parallel, args.only, args.on_change,
+                         args.launcher, launch.options_from(args))
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
 
