@@ -26,7 +26,7 @@ def get_experiment():
         base="{base}",
         overrides={{"data.dir": "{data}", "train.max_steps": {steps}, "train.eval_every": 4, "train.log_every": 2,
                     "train.async_checkpoint": False, "train.compilation_cache_dir": "{cache}",
-                    "data.seq_len": 16, "model.n_positions": 16}},
+                    "data.seq_len": 16, "model.n_positions": 16, **{more}}},
         grid={grid},
         run_root="{root}",
         metric="val_loss",
@@ -36,9 +36,9 @@ def get_experiment():
 GRID4 = {"model.n_head": [1, 2], "optim.lr": [0.003, 0.001]}
 
 
-def write_experiment(path: Path, data, root: Path, cache: Path, grid=GRID4, steps=6, slurm=None) -> Path:
+def write_experiment(path: Path, data, root: Path, cache: Path, grid=GRID4, steps=6, slurm=None, more=None) -> Path:
     path.write_text(EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=data, root=root, cache=cache,
-                                      grid=repr(grid), steps=steps, slurm=repr(slurm or {})))
+                                      grid=repr(grid), steps=steps, slurm=repr(slurm or {}), more=repr(more or {})))
     return path
 
 
@@ -168,16 +168,17 @@ def test_preempted_run_checkpoints_is_requeued_and_resumes_bitwise(tmp_path, cha
     SLURM); the requeued task resumes from the run dir to the same final params as an uninterrupted run."""
     import orbax.checkpoint as ocp
 
-    grid, steps = {"model.n_head": [2]}, 8
-    cache = tmp_path / "xla"
-    reference = write_experiment(tmp_path / "ref.py", char_data, tmp_path / "ref", cache, grid=grid, steps=steps)
-    exp = write_experiment(tmp_path / "exp.py", char_data, tmp_path / "runs", cache, grid=grid, steps=steps)
+    # one step per compiled call (tiny models default to several): the stop comes right after the held step 5
+    kw = dict(grid={"model.n_head": [2]}, steps=8, more={"train.steps_per_call": 1})
+    steps, cache = kw["steps"], tmp_path / "xla"
+    reference = write_experiment(tmp_path / "ref.py", char_data, tmp_path / "ref", cache, **kw)
+    exp = write_experiment(tmp_path / "exp.py", char_data, tmp_path / "runs", cache, **kw)
     sweep(reference)
     out_dir = tmp_path / "runs" / "tiny_launch"
     run = out_dir / "n_head=2"
     proc = subprocess.Popen([sys.executable, "-m", "gpt2jax.sweep", str(exp), "--launcher", "submitit_local"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "GPT2JAX_FAULT_SLEEP": "step:5:60"})  # hold step 5 for the signal
+                            env={**os.environ, "GPT2JAX_FAULT_SLEEP": "step:5:20"})  # hold step 5 for the signal
     try:
         deadline = time.time() + 300
         while not (out_dir / "launch.json").exists() and time.time() < deadline:
