@@ -25,6 +25,7 @@ from gpt2jax.config import ConfigError
 
 STOPPED_EXIT_CODE = 3  # stopped early on a signal, with a checkpoint (see the table above)
 
+
 class UsageError(ValueError):
     """A bad command-line value (flag, path, file content). The message names it and the fix."""
 
