@@ -80,9 +80,8 @@ def environment_error(e: OSError) -> str:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types whose message is the whole story (imported lazily: this module is imported first)."""
-    from gpt2jax.config import ConfigError
-    from gpt2jax.generation.generate import GenerationError
-    from gpt2jax.tokenizer import TokenizerError
+    from gpt2jax.generation.generate import GenerationError  # lazily: these modules import this one
+    from gpt2jax.tokenizer import TokenizerError  # lazily: these modules import this one
 
     return (UsageError, ConfigError, DataError, GenerationError, CheckpointError, TokenizerError)
 

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from gpt2jax.weights.load import load_model
+    from gpt2jax.weights.load import load_model  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
 
     t0 = time.perf_counter()
     cfg, params, tokenizer = load_model(args.init_from, **({"dtype": args.dtype} if args.dtype else {}))

@@ -28,6 +28,8 @@ from gpt2jax.errors import STOPPED_EXIT_CODE, DataError, run_cli
 from gpt2jax.runtime import hostmem
 from gpt2jax.training.loop import __doc__ as LOOP_DOC
 from gpt2jax.training.loop import train
+from gpt2jax.config import ConfigError
+from gpt2jax.training.schema import base_config
 
 def unknown_field(argv: list[str]) -> str | None:
     """The first `--config.<path>=...` override that names no field of the config file (loaded without the
@@ -67,7 +69,6 @@ def parse_config(argv: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
-    from gpt2jax.config import ConfigError
 
     if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
         raise ConfigError("--config is missing: python -m gpt2jax.train --config <config name or file.py> "
@@ -98,8 +99,6 @@ def check_config_file(argv: list[str]) -> list[str]:
     """The --config value must be an existing Python file with get_config() (ml_collections defers the error), or
     the name of a shipped config (`--config gpt2[:variant]`, gpt2jax/configs/), which is replaced by its path.
     -> argv with names replaced."""
-    from gpt2jax.config import ConfigError
-
     argv, i = list(argv), 0
     while i < len(argv):
         a = argv[i]
@@ -128,11 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Shipped configs (--config <name>[:variant], or --config <your file.py>; in {shipped.configs_dir()}):")
         print(shipped.describe_configs() + "\n")
         print("Config fields (override any with --config.<section>.<field>=value):")
-        from gpt2jax.training.schema import base_config
 
         print(base_config())
         return {}
-    from gpt2jax.config import ConfigError
 
     try:
         hostmem.choice()  # a bad GPT2JAX_HOST_MALLOC fails before any work

@@ -110,8 +110,8 @@ class GPT2JaxLM(TemplateLM):
                  max_gen_toks=DEFAULT_MAX_GEN_TOKS, dtype: str | None = None, **unknown):
         check_model_args({"init_from": init_from, **unknown})
         super().__init__()
-        from gpt2jax.eval.scoring import Scorer
-        from gpt2jax.weights.load import load_model, logits_bytes
+        from gpt2jax.eval.scoring import Scorer  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
+        from gpt2jax.weights.load import load_model, logits_bytes  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
 
         # CPU: keep freed host memory when the scored logits are large (gpt2jax.runtime.hostmem), before JAX starts
         rows = batch_size if str(batch_size).isdigit() else 8
@@ -234,7 +234,7 @@ class GPT2JaxLM(TemplateLM):
         return out  # type: ignore[return-value]
 
     def _generate(self, prompts: list[list[int]], kwargs: dict) -> list[str]:
-        from gpt2jax.generation.generate import Sampling, generate_text_ids, nonempty_prompt
+        from gpt2jax.generation.generate import Sampling, generate_text_ids, nonempty_prompt  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
 
         until = kwargs.pop("until", None) or []
         until = ([until] if isinstance(until, str) else list(until)) + [self.tokenizer.decode([self.eot_token_id])]

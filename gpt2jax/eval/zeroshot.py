@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     overrides = parse_path_overrides(args.path)
     data_dir, cache_dir = Path(args.data_dir).expanduser(), Path(args.cache_dir).expanduser()
 
-    from gpt2jax.weights.load import load_model, logits_bytes
+    from gpt2jax.weights.load import load_model, logits_bytes  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
 
     # CPU: keep freed host memory when the scored logits are large (gpt2jax.runtime.hostmem), before JAX starts
     hostmem.keep_freed_memory(logits_bytes(args.init_from, args.batch_size or 8, args.n_ctx))
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             if f is not None:
                 files[f.key] = resolve(f, data_dir, cache_dir, overrides, download=args.download)
 
-    from gpt2jax.eval.scoring import Scorer
+    from gpt2jax.eval.scoring import Scorer  # lazily: the host-memory policy must be set before JAX starts (runtime.hostmem)
 
     banned = protocols.stop_word_ids(tokenizer) if any(t.kind == "lambada" for t in tasks) else None
     scorer = Scorer(cfg, params, batch_size, banned_ids=banned)

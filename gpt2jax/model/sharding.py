@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2jax.config import GPT2_PADDED_VOCAB_SIZE, ConfigError, GPTConfig
+from gpt2jax.model import abstract_params, logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -94,8 +95,6 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules) -> Any:
 
 def param_shardings(cfg: GPTConfig, mesh: Mesh, rules=DEFAULT_RULES):
     """NamedSharding for every parameter, after checking each sharded dimension divides evenly."""
-    from gpt2jax.model import abstract_params, logical_axes
-
     specs = logical_to_sharding(logical_axes(cfg), mesh, rules)
 
     def check_divisible(path, shape, sharding):

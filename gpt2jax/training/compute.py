@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 
 from gpt2jax.config import GPTConfig
+from gpt2jax.model import flops_per_token, param_count
+from gpt2jax.training.metrics import read_metrics
 
 
 def non_embedding_params(cfg: GPTConfig) -> int:
-    from gpt2jax.model import param_count
 
     return param_count(cfg) - (cfg.embedding_rows + cfg.n_positions) * cfg.n_embd
 
@@ -29,8 +30,6 @@ def compute_summary(cfg: GPTConfig, seq_len: int, tokens_per_step: int, step: in
                     loop_s: float, wall_s: float, peak: float | None) -> dict:
     """The compute fields of summary.json for a run at `step` of which `steps_run` ran in this process over
     `loop_s` seconds of training loop."""
-    from gpt2jax.model import flops_per_token, param_count
-
     n = param_count(cfg)
     fpt = flops_per_token(cfg, seq_len)
     tokens = step * tokens_per_step
@@ -49,8 +48,6 @@ def isoflop_grid(budgets, sizes, seq_len: int, tokens_per_step: int, vocab_size:
     and carries its "budget" C (the sweep's `budget` column, by which the IsoFLOP fit groups its runs).
     sizes: one list for all budgets, or a list
     per budget. Points with fewer than min_steps steps are left out."""
-    from gpt2jax.model import flops_per_token
-
     points = []
     for i, budget in enumerate(budgets):
         for n_layer, n_embd in (sizes[i] if isinstance(sizes[0][0], (list, tuple)) else sizes):
@@ -92,7 +89,6 @@ def run_wall_time(run_dir, start_step: int | None = None, this_wall_s: float = 0
     import json
     from pathlib import Path
 
-    from gpt2jax.training.metrics import read_metrics
 
     run_dir = Path(run_dir)
     lines = []
@@ -144,8 +140,6 @@ def logged_losses(run_dir, step: int) -> dict:
     """loss and val_loss at `step` as metrics.jsonl has them (the last train and eval records at or before
     `step`), and the final record at `step` (or None): for a summary whose process ran no steps (a run resumed
     at its end) or one rebuilt without training."""
-    from gpt2jax.training.metrics import read_metrics
-
     out = dict(loss=None, val_loss=None, final=None)
     for r in read_metrics(run_dir):
         if r["step"] > step:

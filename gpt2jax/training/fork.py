@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from gpt2jax.config import ConfigError
+from gpt2jax.weights import checkpoint as ckpt_lib
 
 FORK_FILE = "fork.json"
 
@@ -71,8 +72,6 @@ class Source:
 def check_source(spec, tokenizer) -> Source:
     """The fork's source checkpoint, checked against this run (files, model, tokenizer, data position), before
     anything compiles. Raises RunDirError/ConfigError with one line."""
-    from gpt2jax.weights import checkpoint as ckpt_lib
-
     fork_from = spec.train.fork_from
     source, step = parse(fork_from)
     ckpts = ckpt_lib.Checkpoints(source, read_only=True)

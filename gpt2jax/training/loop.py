@@ -60,6 +60,9 @@ from gpt2jax.training.schema import check_train_config, mesh_and_rules
 from gpt2jax.runtime.watchdog import Watchdog, injected_nonfinite, injected_sleep
 from gpt2jax.training.drift import check_config_drift
 from gpt2jax.training import fork as fork_lib
+from gpt2jax.eval.scoring import Scorer
+from gpt2jax.eval.windows import sliding_window_nll
+from gpt2jax.generation.generate import GenerationError, continue_text
 
 
 # ---- the compiled functions ---------------------------------------------------------------------------------
@@ -266,7 +269,6 @@ def sample_text(spec: TrainSpec, params, tokenizer, seed: int) -> str | None:
     them all."""
     if spec.sampling is None or jax.process_count() > 1:
         return None
-    from gpt2jax.generation.generate import GenerationError, continue_text
 
     t = spec.train
     try:
@@ -699,9 +701,6 @@ def write_summary(run: Run, member: Member, stop: StopSignals, final: dict | Non
 
 def final_eval(cfg, params, val_split, n_ctx, stride, batch_size, mesh, rules, progress) -> dict:
     """Per-token NLL of the whole val split: the evaluation suite's sliding windows and `Scorer`."""
-    from gpt2jax.eval.scoring import Scorer
-    from gpt2jax.eval.windows import sliding_window_nll
-
     scorer = Scorer(cfg, params, batch_size, mesh=mesh, rules=rules)
     nll = sliding_window_nll(scorer.nll_fn, np.asarray(val_split.tokens(), np.int32), n_ctx, stride, batch_size,
                              progress="final val" if progress else False)

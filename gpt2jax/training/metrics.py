@@ -29,6 +29,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gpt2jax.config import ConfigError
+from gpt2jax.errors import TrainingStopped
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -108,7 +110,6 @@ class NonfiniteTally:
         """Raise TrainingStopped once a step was non-finite, unless bad batches are skipped."""
         if skip or not self.count:
             return
-        from gpt2jax.errors import TrainingStopped
 
         ckpts.wait()
         last = ckpts.last_saved if ckpts.last_saved is not None else ckpts.latest_step()
@@ -199,14 +200,12 @@ def check_wandb(wandb_cfg) -> None:
     if wandb_cfg is None:
         return
     if wandb_cfg.mode not in WANDB_MODES:
-        from gpt2jax.config import ConfigError
 
         raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode!r}: choose one of {', '.join(WANDB_MODES)}")
     if wandb_cfg.mode != "disabled":
         import importlib.util
 
         if importlib.util.find_spec("wandb") is None:
-            from gpt2jax.config import ConfigError
 
             raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode} needs the wandb package, which is not installed: "
                               "pip install 'gpt2jax[wandb]' (or pip install wandb), or leave "
@@ -239,7 +238,6 @@ class WandbRun:
                                   group=wandb_cfg.get("group") or None, name=name, id=run_id, resume="allow",
                                   mode=wandb_cfg.mode, dir=str(run_dir), config=config, settings=settings)
         except Exception as e:  # noqa: BLE001 - no login, no network, a bad entity: one line with the way out
-            from gpt2jax.config import ConfigError
 
             why = (str(e).strip().splitlines() or [""])[0]
             raise ConfigError(f"logging.wandb.mode={wandb_cfg.mode}: W&B could not start a run ({type(e).__name__}: "

@@ -16,6 +16,7 @@ import numpy as np
 
 from gpt2jax.config import GPT2_PRESETS, GPTConfig
 from gpt2jax.errors import CheckpointError
+from gpt2jax.model import abstract_params
 
 # Our leaf path inside one block  <->  HF tensor name inside `h.{i}.`
 BLOCK_TENSORS = {
@@ -159,7 +160,6 @@ def params_from_hf_tensors(cfg: GPTConfig, tensors: dict[str, np.ndarray], sourc
             raise CheckpointError(f"{source}: tensor {name!r} has shape {value.shape}, expected {shape}")
         return value
 
-    from gpt2jax.model import abstract_params
 
     shapes = abstract_params(cfg.replace(padded_vocab_size=0))
     params: dict[str, Any] = {}
