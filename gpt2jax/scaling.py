@@ -59,6 +59,7 @@ PUBLISHED = {
                           B=2085.43, alpha=0.3478, beta=0.3658, note="Hoffmann et al.'s data, refitted"),
 }
 PUBLISHED_NOTE = "published laws: nats/token on other data and tokenizers, for shape only"
+PUBLISHED_COLORS = {"kaplan2020": "dimgray", "hoffmann2022": "black", "besiroglu2024": "tab:purple"}
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 N_BOOT = 100
@@ -514,7 +515,7 @@ FITS = ("L(N)", "L(D)", "isoflop", "L(C)", "parametric")
 
 
 def flops_column(rows: list[dict], convention: str) -> np.ndarray | None:
-    from gpt2jax.training.compute import FLOP_CONVENTIONS, convention_flops
+    from gpt2jax.training.compute import FLOP_CONVENTIONS, convention_flops  # lazily: the fits stay numpy-only (no JAX) unless FLOP columns are asked for
 
     if convention not in FLOP_CONVENTIONS:
         raise ValueError(f"FLOP convention {convention!r} must be one of {list(FLOP_CONVENTIONS)}")
@@ -578,7 +579,7 @@ def _num(v) -> bool:
 
 
 def convention_line(flops: str) -> str:
-    from gpt2jax.training.compute import FLOP_CONVENTIONS
+    from gpt2jax.training.compute import FLOP_CONVENTIONS  # lazily: the fits stay numpy-only (no JAX) unless FLOP columns are asked for
 
     return f"FLOPs: convention {flops!r}: {FLOP_CONVENTIONS[flops][0]}"
 
@@ -709,7 +710,8 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
                     other = [float(pick[x][okey]) for x in xs]
                 y = published_curve(law, name, xs if other is not None else grid, other)
                 if y is not None:
-                    ax.semilogx(xs if other is not None else grid, y, ":", label=PUBLISHED[law]["label"])
+                    _published_axis(ax).semilogx(xs if other is not None else grid, y, ":",
+                                                 color=PUBLISHED_COLORS[law], label=PUBLISHED[law]["label"])
         elif name == "isoflop":
             _plot_isoflop(ax, axes[1], f, rows, loss_key, n_key, flops, compare)
         elif name == "parametric":
@@ -719,7 +721,8 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
             ax.plot(pred, obs, "o", label="this study's fit")
             for law in compare:
                 if PUBLISHED[law]["kind"] == "parametric":
-                    ax.plot(predict_parametric(PUBLISHED[law], nn, dd), obs, "x", label=PUBLISHED[law]["label"])
+                    _published_axis(ax, "x").plot(predict_parametric(PUBLISHED[law], nn, dd), obs, "x",
+                                                  color=PUBLISHED_COLORS[law], label=PUBLISHED[law]["label"])
             lim = [min(obs.min(), pred.min()), max(obs.max(), pred.max())]
             ax.plot(lim, lim, "k" + style, lw=1, label=f"alpha={f['alpha']:.3f}, beta={f['beta']:.3f}, E={f['E']:.3f}")
             ax.set_xlabel("L(N, D) predicted")
@@ -729,8 +732,7 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
         if name != "L(N)":
             notes.append(f"C: {flops} FLOPs")
         ax.set_ylabel(loss_label or loss_key)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _legend(ax)
         import textwrap
 
         text = "\n".join(textwrap.fill(t, 110) for t in notes)
@@ -745,6 +747,25 @@ def plot_fits(fits: dict, rows: list[dict], out_dir: Path, loss_key: str = "metr
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _published_axis(ax, which: str = "y"):
+    """A twin axis for published laws (their losses are another data set's, on another scale), made once."""
+    if not hasattr(ax, "_published"):
+        ax._published = ax.twinx() if which == "y" else ax.twiny()
+        label = "published law's loss (nats/token, other data)"
+        (ax._published.set_ylabel if which == "y" else ax._published.set_xlabel)(label, fontsize=7, color="dimgray")
+        ax._published.tick_params(labelsize=7, colors="dimgray")
+    return ax._published
+
+
+def _legend(ax):
+    handles, labels = ax.get_legend_handles_labels()
+    if hasattr(ax, "_published"):
+        more = ax._published.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        ax.legend(handles, labels, fontsize=7)
 
 
 def _plot_refused(ax, name, rows, loss_key, n_key, c):
@@ -813,16 +834,16 @@ def _plot_isoflop(ax, ax2, f, rows, loss_key, n_key, flops="6N+12LTC", compare=(
             for law in compare:
                 y = published_curve(law, "isoflop", grid, m["flops"])
                 if y is not None:
-                    ax.semilogx(grid, y, ":", color=line.get_color(), lw=1)
+                    _published_axis(ax).semilogx(grid, y, ":", color=line.get_color(), lw=1)
     g = np.asarray(edge)
     if g.any():
         ax.plot(n[g], loss[g], "o", mfc="none", mec="red", ms=11, mew=1.5, label="best lr at its grid's edge")
     if compare:
-        ax.plot([], [], "k:", lw=1, label="dotted: " + ", ".join(PUBLISHED[k]["label"] for k in compare
-                                                                  if PUBLISHED[k]["kind"] == "parametric"))
+        ax.plot([], [], "k:", lw=1, label="dotted, right axis: " + ", ".join(
+            PUBLISHED[k]["label"] for k in compare if PUBLISHED[k]["kind"] == "parametric"))
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
     ax.set_xlabel(f"{n_key} N")
-    ax.legend(fontsize=7)
+    _legend(ax)
     cs = np.array([m["flops"] for m in f["minima"]])
     ax2.loglog(cs, [m["n_opt"] for m in f["minima"]], "o", label="N_opt")
     ax2.loglog(cs, [m["d_opt"] for m in f["minima"]], "s", label="D_opt")
