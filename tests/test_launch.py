@@ -4,6 +4,8 @@ and resumes bitwise, and `--status`. The sweeps run as subprocesses (`python -m 
 as a user runs them; every run shares one XLA cache, so each program compiles once."""
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,6 +52,19 @@ def sweep(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProce
     return proc
 
 
+def doc_commands(test_name: str, exp: Path) -> list[list[str]]:
+    """The sweep commands docs/cluster.md quotes for `test_name` (its ```bash block that starts `# run by ...`),
+    as arguments of `python -m gpt2jax.sweep`, with EXP -> exp."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "docs" / "cluster.md").read_text(), re.S)
+    block = next(b for b in blocks if b.startswith(f"# run by tests/test_launch.py::{test_name}\n"))
+    commands = []
+    for line in block.splitlines()[1:]:
+        words = shlex.split(line)
+        assert words[:3] == ["python", "-m", "gpt2jax.sweep"], line
+        commands.append([str(exp) if w == "EXP" else w for w in words[3:]])
+    return commands
+
+
 def table(root: Path) -> list[dict]:
     """results.json's rows without wall-clock columns (wall_s, mfu): everything the runs computed."""
     rows = json.loads((root / "tiny_launch" / "results.json").read_text())["rows"]
@@ -68,8 +83,10 @@ def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data):
     assert "4 runs" in out and "0 finished" in out and "4 not started" in out
     assert out.count(": not started (nothing yet)") == 4
 
+    launch, status = doc_commands("test_submitit_local_sweep_matches_local_and_status", via)
+    assert launch[1:] == ["--launcher", "submitit_local"] and status[1:] == ["--status"]
     sweep(local)  # --launcher local is the default
-    res = sweep(via, "--launcher", "submitit_local")
+    res = sweep(*launch)
     assert res.stdout.count("(submitit_local)") == 4
     a, b = table(tmp_path / "local"), table(tmp_path / "via")
     assert len(a) == 4 and all(r["steps"] == 6 and np.isfinite(r["metric"]) for r in a)
@@ -77,7 +94,7 @@ def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data):
     record = json.loads((tmp_path / "via" / "tiny_launch" / "launch.json").read_text())
     assert record["launcher"] == "submitit_local" and len(record["runs"]) == 4
 
-    out = sweep(via, "--status").stdout
+    out = sweep(*status).stdout
     assert "4 finished, 0 running, 0 queued" in out
     assert out.count("finished (step 6)  [job ") == 4 and out.count(": FINISHED]") == 4
     # a second launch trains nothing (every run is finished) and still writes the table
@@ -108,8 +125,9 @@ def test_slurm_launcher_writes_one_array_with_resources_signal_and_requeue(tmp_p
     exp = write_experiment(tmp_path / "exp.py", char_data, tmp_path / "runs", tmp_path / "xla",
                            slurm={"partition": "cpu", "time": 30, "account": "proj"})
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    res = sweep(exp, "--launcher", "slurm", "--partition", "gpu", "--gpus_per_run", "4", "--nodes_per_run", "2",
-                "--cpus_per_task", "8", "--no_wait", env=env)
+    launch, status = doc_commands("test_slurm_launcher_writes_one_array_with_resources_signal_and_requeue", exp)
+    assert "--launcher" in launch and status[1:] == ["--status"]
+    res = sweep(*launch, env=env)
     assert [f"as job 4242_{i} (slurm)" in res.stdout for i in range(4)] == [True] * 4
     assert "--status" in res.stdout
     script = (tmp_path / "submitted.sh").read_text()
@@ -131,7 +149,7 @@ def test_slurm_launcher_writes_one_array_with_resources_signal_and_requeue(tmp_p
     assert delayed.function.extra["distributed.enabled"] is True
     assert delayed.args[0][0] in record["runs"]
 
-    out = sweep(exp, "--status", env=env).stdout
+    out = sweep(*status, env=env).stdout
     assert "0 finished, 1 running, 2 queued, 0 stopped, 1 failed, 0 not started" in out, out
     assert ": PENDING]" in out and ": RUNNING]" in out and ": FAILED]" in out
 
