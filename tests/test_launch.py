@@ -71,35 +71,42 @@ def table(root: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("wall_s", "mfu")} for r in rows]
 
 
-def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data):
+def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data, capsys):
     """Acceptance 1a: 4 tiny runs through submitit's LocalExecutor give the table of `--launcher local` (same
     numbers: the runs are deterministic); launch.json records the job ids; --status reads them back (4 finished,
-    submitit's state FINISHED), and a sweep not yet started shows 'not started'."""
-    cache = tmp_path / "xla"
-    local = write_experiment(tmp_path / "local.py", char_data, tmp_path / "local", cache)
-    via = write_experiment(tmp_path / "via.py", char_data, tmp_path / "via", cache)
+    submitit's state FINISHED), and a sweep not yet started shows 'not started'. The 4 runs differ in their seed
+    only, so that they share one compiled program (one compile for the whole test, through the shared cache)."""
+    from gpt2jax.sweep import main
 
-    out = sweep(via, "--status").stdout
+    cache, grid = tmp_path / "xla", {"s": [{"seed": i} for i in range(4)]}
+    local = write_experiment(tmp_path / "local.py", char_data, tmp_path / "local", cache, grid=grid)
+    via = write_experiment(tmp_path / "via.py", char_data, tmp_path / "via", cache, grid=grid)
+    launch, status = doc_commands("test_submitit_local_sweep_matches_local_and_status", via)
+    assert launch[1:] == ["--launcher", "submitit_local"] and status[1:] == ["--status"]
+
+    main(status)  # in this process: --status reads files, trains nothing
+    out = capsys.readouterr().out
     assert "4 runs" in out and "0 finished" in out and "4 not started" in out
     assert out.count(": not started (nothing yet)") == 4
 
-    launch, status = doc_commands("test_submitit_local_sweep_matches_local_and_status", via)
-    assert launch[1:] == ["--launcher", "submitit_local"] and status[1:] == ["--status"]
-    sweep(local)  # --launcher local is the default
+    sweep(local)  # --launcher local is the default (a process of its own, one CPU device, as the submitit jobs)
     res = sweep(*launch)
     assert res.stdout.count("(submitit_local)") == 4
     a, b = table(tmp_path / "local"), table(tmp_path / "via")
     assert len(a) == 4 and all(r["steps"] == 6 and np.isfinite(r["metric"]) for r in a)
+    assert len({r["metric"] for r in a}) == 4  # four different runs
     assert a == b  # every metric, step count and compute figure equal
     record = json.loads((tmp_path / "via" / "tiny_launch" / "launch.json").read_text())
     assert record["launcher"] == "submitit_local" and len(record["runs"]) == 4
 
-    out = sweep(*status).stdout
+    main(status)
+    out = capsys.readouterr().out
     assert "4 finished, 0 running, 0 queued" in out
     assert out.count("finished (step 6)  [job ") == 4 and out.count(": FINISHED]") == 4
     # a second launch trains nothing (every run is finished) and still writes the table
-    again = sweep(via, "--launcher", "submitit_local")
-    assert "4 of 4 runs already finished" in again.stdout and "submitted" not in again.stdout
+    main(launch)
+    out = capsys.readouterr().out
+    assert "4 of 4 runs already finished" in out and "submitted" not in out
 
 
 FAKE_SBATCH = """#!/bin/sh
