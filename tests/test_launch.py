@@ -71,16 +71,30 @@ def table(root: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("wall_s", "mfu")} for r in rows]
 
 
-def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data, capsys):
+# 4 runs that differ in their seed only: one compiled program for the whole file (through the shared cache); one
+# step per compiled call (tiny models default to several), so that the preemption test's stop comes right after the
+# step it holds
+SEEDS4 = dict(grid={"s": [{"seed": i} for i in range(4)]}, steps=8, more={"train.steps_per_call": 1})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, char_data):
+    """The 4 runs through `--launcher local` (the default), in a process of its own with one CPU device, as the
+    submitit jobs train: the table and the final params the other tests compare with."""
+    root = tmp_path_factory.mktemp("reference")
+    exp = write_experiment(root / "local.py", char_data, root / "runs", root / "xla", **SEEDS4)
+    sweep(exp)
+    return dict(root=root / "runs", cache=root / "xla")
+
+
+def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data, reference, capsys):
     """Acceptance 1a: 4 tiny runs through submitit's LocalExecutor give the table of `--launcher local` (same
     numbers: the runs are deterministic); launch.json records the job ids; --status reads them back (4 finished,
     submitit's state FINISHED), and a sweep not yet started shows 'not started'. The 4 runs differ in their seed
-    only, so that they share one compiled program (one compile for the whole test, through the shared cache)."""
+    only (SEEDS4)."""
     from gpt2jax.sweep import main
 
-    cache, grid = tmp_path / "xla", {"s": [{"seed": i} for i in range(4)]}
-    local = write_experiment(tmp_path / "local.py", char_data, tmp_path / "local", cache, grid=grid)
-    via = write_experiment(tmp_path / "via.py", char_data, tmp_path / "via", cache, grid=grid)
+    via = write_experiment(tmp_path / "via.py", char_data, tmp_path / "via", reference["cache"], **SEEDS4)
     launch, status = doc_commands("test_submitit_local_sweep_matches_local_and_status", via)
     assert launch[1:] == ["--launcher", "submitit_local"] and status[1:] == ["--status"]
 
@@ -89,11 +103,10 @@ def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data, caps
     assert "4 runs" in out and "0 finished" in out and "4 not started" in out
     assert out.count(": not started (nothing yet)") == 4
 
-    sweep(local)  # --launcher local is the default (a process of its own, one CPU device, as the submitit jobs)
     res = sweep(*launch)
     assert res.stdout.count("(submitit_local)") == 4
-    a, b = table(tmp_path / "local"), table(tmp_path / "via")
-    assert len(a) == 4 and all(r["steps"] == 6 and np.isfinite(r["metric"]) for r in a)
+    a, b = table(reference["root"]), table(tmp_path / "via")
+    assert len(a) == 4 and all(r["steps"] == 8 and np.isfinite(r["metric"]) for r in a)
     assert len({r["metric"] for r in a}) == 4  # four different runs
     assert a == b  # every metric, step count and compute figure equal
     record = json.loads((tmp_path / "via" / "tiny_launch" / "launch.json").read_text())
@@ -102,7 +115,7 @@ def test_submitit_local_sweep_matches_local_and_status(tmp_path, char_data, caps
     main(status)
     out = capsys.readouterr().out
     assert "4 finished, 0 running, 0 queued" in out
-    assert out.count("finished (step 6)  [job ") == 4 and out.count(": FINISHED]") == 4
+    assert out.count("finished (step 8)  [job ") == 4 and out.count(": FINISHED]") == 4
     # a second launch trains nothing (every run is finished) and still writes the table
     main(launch)
     out = capsys.readouterr().out
@@ -186,29 +199,28 @@ def task_pid(controller: int, timeout: float = 240) -> int:
     raise AssertionError("submitit's controller started no task")
 
 
-def test_preempted_run_checkpoints_is_requeued_and_resumes_bitwise(tmp_path, char_data):
+def test_preempted_run_checkpoints_is_requeued_and_resumes_bitwise(tmp_path, char_data, reference):
     """Acceptance 1c: SIGUSR1 (SLURM's `--signal=USR1@...` notice) to a submitit_local job while it trains: the
     trainer checkpoints and stops, SweepTask hands the signal to submitit's restored handler, which checkpoints
     the callable and requeues (the local controller reruns it on exit code 144, as `scontrol requeue` does on
-    SLURM); the requeued task resumes from the run dir to the same final params as an uninterrupted run."""
+    SLURM); the requeued task resumes from the run dir to the same final params as an uninterrupted run (the
+    reference sweep's run of the same seed)."""
     import orbax.checkpoint as ocp
 
-    # one step per compiled call (tiny models default to several): the stop comes right after the held step 5
-    kw = dict(grid={"model.n_head": [2]}, steps=8, more={"train.steps_per_call": 1})
-    steps, cache = kw["steps"], tmp_path / "xla"
-    reference = write_experiment(tmp_path / "ref.py", char_data, tmp_path / "ref", cache, **kw)
-    exp = write_experiment(tmp_path / "exp.py", char_data, tmp_path / "runs", cache, **kw)
-    sweep(reference)
+    kw = dict(SEEDS4, grid={"s": [{"seed": 0}]})
+    steps = kw["steps"]
+    exp = write_experiment(tmp_path / "exp.py", char_data, tmp_path / "runs", reference["cache"], **kw)
+    name = json.loads((reference["root"] / "tiny_launch" / "results.json").read_text())["rows"][0]["run"]
     out_dir = tmp_path / "runs" / "tiny_launch"
-    run = out_dir / "n_head=2"
+    run = out_dir / name
     proc = subprocess.Popen([sys.executable, "-m", "gpt2jax.sweep", str(exp), "--launcher", "submitit_local"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "GPT2JAX_FAULT_SLEEP": "step:5:20"})  # hold step 5 for the signal
+                            env={**os.environ, "GPT2JAX_FAULT_SLEEP": "step:5:15"})  # hold step 5 for the signal
     try:
         deadline = time.time() + 300
         while not (out_dir / "launch.json").exists() and time.time() < deadline:
             time.sleep(0.2)
-        controller = int(json.loads((out_dir / "launch.json").read_text())["runs"]["n_head=2"])
+        controller = int(json.loads((out_dir / "launch.json").read_text())["runs"][name])
         pid = task_pid(controller)
         while time.time() < deadline:  # step 4 logged: the task now sleeps in step 5
             metrics = run / "metrics.jsonl"
@@ -231,7 +243,7 @@ def test_preempted_run_checkpoints_is_requeued_and_resumes_bitwise(tmp_path, cha
     logs = "".join(p.read_text() for p in (out_dir / "submitit").glob(f"{controller}_0_log.*"))
     assert "handing over to submitit" in logs and f"Requeued job {controller}" in logs, logs[-4000:]
     assert "resum" in logs.lower()
-    a = ocp.PyTreeCheckpointer().restore(tmp_path / "ref" / "tiny_launch" / "n_head=2" / "checkpoints" / str(steps)
+    a = ocp.PyTreeCheckpointer().restore(reference["root"] / "tiny_launch" / name / "checkpoints" / str(steps)
                                          / "params")
     b = ocp.PyTreeCheckpointer().restore(run / "checkpoints" / str(steps) / "params")
     import jax
