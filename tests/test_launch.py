@@ -172,6 +172,11 @@ def test_slurm_launcher_writes_one_array_with_resources_signal_and_requeue(tmp_p
     out = sweep(*status, env=env).stdout
     assert "0 finished, 1 running, 2 queued, 0 stopped, 1 failed, 0 not started" in out, out
     assert ": PENDING]" in out and ": RUNNING]" in out and ": FAILED]" in out
+    # the same command again: only the failed run is submitted (as one job), the queued and running ones are not
+    res = sweep(*launch, env=env)
+    assert "3 run(s) still queued or running" in res.stdout and res.stdout.count("(slurm)") == 1, res.stdout
+    assert "as job 4242 (slurm)" in res.stdout
+    assert "--array" not in (tmp_path / "submitted.sh").read_text()
 
 
 def test_slurm_launcher_without_submitit_names_the_extra(tmp_path, char_data, monkeypatch, capsys):

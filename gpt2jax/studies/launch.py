@@ -136,8 +136,18 @@ def launch(experiment_file: str, experiment, extra: dict, phases: list, launcher
     wait = options.get("wait", True)
     record = read_launch(out_dir)
     record.update(launcher=launcher, folder=str(folder), options=opts)
-    submitted, previous = [], None
+    submitted, previous, active = [], None, set()
+    if launcher == "slurm":  # a rerun while the array is still queued or running must not submit its jobs again
+        names = [c.name for phase in phases for job in phase for _, c in job]
+        active = {n for n, (_, state) in submitit_states(out_dir, names).items()
+                  if (state.split() or ["?"])[0] in QUEUED_STATES + ("RUNNING",)}
+        if active:
+            print(f"{len(active)} run(s) still queued or running in SLURM (launch.json): not submitted again: "
+                  + ", ".join(sorted(active)))
     for phase in phases:
+        phase = [job for job in phase if not active & {c.name for _, c in job}]
+        if not phase:
+            continue
         runs = [[c.name for _, c in job] for job in phase]
         if launcher == "slurm" and previous is not None:  # cooldown forks start once their stable runs are done
             executor.update_parameters(dependency=f"afterok:{previous}")
@@ -153,7 +163,7 @@ def launch(experiment_file: str, experiment, extra: dict, phases: list, launcher
         write_launch(out_dir, record)
         if launcher == "submitit_local":  # no dependencies locally: the next phase waits here
             _wait(submitted[-len(jobs):])
-    if not wait:
+    if not wait or active:
         print(f"submitted {len(submitted)} job(s); follow them with: python -m gpt2jax.sweep {experiment_file} "
               "--status; when they are done, rerun this command to write the results table")
         return False
