@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gpt2jax.weights.checkpoint import Checkpoints, check_files, file_digests
+from gpt2jax.weights.checkpoint import Checkpoints
+from gpt2jax.weights.manifest import check_files, file_digests
 from gpt2jax.config import GPTConfig
 from gpt2jax.model import init_params
 

@@ -17,38 +17,39 @@ verified checkpoints plus the verified one with the lowest finite validation los
 after a newer manifest is written, so the last good checkpoint is never rotated away. Steps that fail
 verification when a run resumes are moved to `rejected_checkpoints/`; the newest `keep_rejected` of those are
 kept (default 1), older ones deleted, saying which.
+
+This module is the save path and the restore-with-fallback; the integrity rules (manifest, checks) are
+`gpt2jax/weights/manifest.py` and the retention policy `gpt2jax/weights/retention.py`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gpt2jax.config import GPTConfig
 from gpt2jax.errors import CorruptCheckpointError, RunDirError, SaveError  # noqa: F401 (ckpt_lib.X)
 from gpt2jax.tokenizer import tokenizer_from_dict
+from gpt2jax.weights import retention
+from gpt2jax.weights.manifest import (MANIFEST_FILE, check_files, file_digests, nonfinite_leaf,  # noqa: F401
+                                      read_manifest, write_manifest)
 from gpt2jax.runtime.watchdog import injected_sleep
 
 CHECKPOINT_DIR = "checkpoints"
 REJECTED_DIR = "rejected_checkpoints"
-MANIFEST_FILE = "manifest.gpt2jax.json"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Fields that fix parameter shapes: a checkpoint made with other values cannot be loaded into this model.
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "padded_vocab_size")
-CHUNK = 1 << 22  # bytes read at a time when checksumming
 
 
 # RunDirError, CorruptCheckpointError: the checkpoint errors' family is in gpt2jax.errors
@@ -65,16 +66,18 @@ def configure_orbax() -> None:
     # a failed asynchronous write (e.g. a full disk) leaves tensorstore callbacks aimed at orbax's closed event
     # loop, and asyncio tasks whose exception nobody read: ~95 traceback lines before our one-line error
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    if not getattr(sys.unraisablehook, "quiet_closed_loop", False):
-        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+    if sys.unraisablehook is sys.__unraisablehook__:  # only Python's own hook is replaced (pytest has its own)
+        sys.unraisablehook = _quiet_closed_loop()
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
         override=True)
 
 
-def _quiet_closed_loop(previous):
+def _quiet_closed_loop():
     """sys.unraisablehook that drops the "Event loop is closed" RuntimeError of a callback that tensorstore delivers
-    to orbax's asyncio loop after that loop was closed (tensorstore reports it with PyErr_WriteUnraisable)."""
+    to orbax's asyncio loop after that loop was closed (tensorstore reports it with PyErr_WriteUnraisable); the
+    rest goes to Python's own hook. (Not a wrapper of whatever hook was installed: a test runner's per-test hook,
+    kept past its test, crashed the interpreter on the next unraisable error with "lost sys.stderr".)"""
     def hook(unraisable):
         frames, t = [], unraisable.exc_traceback
         while t is not None:
@@ -83,7 +86,7 @@ def _quiet_closed_loop(previous):
         if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
                 and "call_soon_threadsafe" in frames):
             return
-        previous(unraisable)
+        sys.__unraisablehook__(unraisable)
 
     hook.quiet_closed_loop = True
     return hook
@@ -100,73 +103,6 @@ def step_numbers(directory: Path) -> list[int]:
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def file_digests(step_dir: Path) -> dict[str, list]:
-    """{relative path: [size, crc32]} of every file of a step except the manifest."""
-    out = {}
-    for path in sorted(step_dir.rglob("*")):
-        if path.is_file() and path.name != MANIFEST_FILE:
-            crc = 0
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    crc = zlib.crc32(chunk, crc)
-            out[str(path.relative_to(step_dir))] = [path.stat().st_size, crc]
-    return out
-
-
-def write_manifest(step_dir: Path, step: int, val_loss: float | None) -> float:
-    """Checksum the step's files and write the manifest atomically; returns the seconds it took."""
-    t = time.perf_counter()
-    record = dict(step=step, val_loss=val_loss if val_loss is not None and math.isfinite(val_loss) else None,
-                  files=file_digests(step_dir))
-    tmp = step_dir / (MANIFEST_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, step_dir / MANIFEST_FILE)
-    return time.perf_counter() - t
-
-
-def read_manifest(step_dir: Path) -> dict | None:
-    try:
-        return json.loads((step_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def check_files(step_dir: Path) -> str | None:
-    """None if every file matches the manifest, else what is wrong, naming the file."""
-    manifest = read_manifest(step_dir)
-    if manifest is None:
-        state = "unreadable" if (step_dir / MANIFEST_FILE).exists() else "missing"
-        return f"its manifest {MANIFEST_FILE} is {state} (the save did not complete)"
-    for rel, (size, crc) in manifest["files"].items():
-        path = step_dir / rel
-        if not path.is_file():
-            return f"{rel} is missing"
-        if path.stat().st_size != size:
-            return f"{rel} has {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
-        actual = 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                actual = zlib.crc32(chunk, actual)
-        if actual != crc:
-            return f"{rel} fails its checksum (corrupted on disk)"
-    return None
-
-
-def nonfinite_leaf(tree) -> str | None:
-    """The path of the first floating-point leaf holding NaN or Inf, or None (one compiled reduction; works on
-    sharded and multi-process arrays)."""
-    leaves = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-              if jnp.issubdtype(x.dtype, jnp.floating)]
-    flags = jax.jit(lambda xs: [jnp.isfinite(x).all() for x in xs])([x for _, x in leaves])
-    for (name, _), ok in zip(leaves, flags):
-        if not bool(ok.addressable_data(0)):
-            return name
-    return None
 
 
 # ---- the checkpoints of one run --------------------------------------------------------------------------------
@@ -203,9 +139,8 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        losses = {s: (read_manifest(self.directory / str(s)) or {}).get("val_loss") for s in self.verified_steps()}
-        finite = {s: v for s, v in losses.items() if v is not None and math.isfinite(v)}
-        return min(finite, key=lambda s: (finite[s], -s)) if finite else None
+        return retention.best_step({s: (read_manifest(self.directory / str(s)) or {}).get("val_loss")
+                                    for s in self.verified_steps()})
 
     # -- reading
     def _item(self, step: int, **items):
@@ -291,8 +226,7 @@ class Checkpoints:
         target = self.run_dir / REJECTED_DIR
         if not target.is_dir():
             return
-        entries = sorted(target.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
-        drop = entries[: max(0, len(entries) - self.keep_rejected)]
+        drop = retention.rejected_to_delete(list(target.iterdir()), self.keep_rejected)
         for path in drop:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         if drop:
@@ -359,15 +293,10 @@ class Checkpoints:
             self._error = self._save_failed(step, e)
 
     def _apply_retention(self, newest: int) -> None:
-        """Keep the newest `keep` verified steps and the best one; delete older steps (never newer ones, and
-        never the step just written)."""
-        verified = [s for s in self.verified_steps() if s <= newest]
-        keep = set(verified[-self.keep:]) | {newest}
-        if self.keep_best and (best := self.best_step()) is not None:
-            keep.add(best)
-        for step in self.steps():
-            if step < newest and step not in keep:
-                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+        """Delete what the retention policy (gpt2jax.weights.retention) no longer keeps."""
+        best = self.best_step() if self.keep_best else None
+        for step in retention.steps_to_delete(self.steps(), self.verified_steps(), newest, self.keep, best):
+            shutil.rmtree(self.directory / str(step), ignore_errors=True)
 
     def wait(self) -> None:
         """Block until the last save is committed and its manifest written; raises its SaveError."""
