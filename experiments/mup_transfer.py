@@ -8,13 +8,14 @@ best lr should stay put as the width grows (within one grid step); under SP it m
 
 Character-level Tiny Shakespeare, 2 layers, 4 heads (head_dim grows with width, so muP's 1/head_dim attention
 scale is exercised), widths 32, 64, 128 with muP's base width 32 (muP equals SP there but for the attention
-scale), T=64, B=16, 300 steps, cosine to lr/10 after 30 warmup steps, final validation loss. Six learning rates
-a factor 2 apart. See docs/studies.md ("muP transfer") for the table and plot.
+scale), T=64, B=16, 300 steps, cosine to lr/10 after 30 warmup steps, final validation loss. Seven learning
+rates a factor 2 apart (muP's best lr sits higher than SP's: at the base width it differs from SP only by the
+1/head_dim attention scale, and wider models take the multiplier r on their hidden matrices). See docs/studies.md ("muP transfer") for the table and plot.
 """
 from gpt2jax.sweep import Experiment
 
 WIDTHS = [32, 64, 128]
-LRS = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
+LRS = [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 1.28e-1]
 STEPS = 300
 
 
