@@ -417,13 +417,16 @@ def test_finding9_an_unwritable_lock_write_gives_the_lock_back(tmp_path, monkeyp
 def test_finding9_closed_event_loop_tracebacks_are_silenced(monkeypatch):
     """After a failed async write (a full disk) tensorstore delivers callbacks to orbax's closed asyncio loop and
     reports each RuntimeError with PyErr_WriteUnraisable: ~95 traceback lines before the one-line error (seen on a
-    600 KiB tmpfs; with the hook: the error line only). Other unraisable errors still reach the previous hook."""
+    600 KiB tmpfs; with the hook: the error line only). Other unraisable errors still reach Python's own hook."""
     import asyncio
     import types
 
     seen = []
-    monkeypatch.setattr(sys, "unraisablehook", seen.append)  # (pytest installs its own around each test)
+    record = seen.append
+    monkeypatch.setattr(sys, "__unraisablehook__", record)  # stands for Python's own hook (pytest has its own)
+    monkeypatch.setattr(sys, "unraisablehook", record)
     ckpt_lib.configure_orbax()
+    assert getattr(sys.unraisablehook, "quiet_closed_loop", False)
     loop = asyncio.new_event_loop()
     loop.close()
     for raise_it in (lambda: loop.call_soon_threadsafe(print), lambda: (_ for _ in ()).throw(RuntimeError("other"))):

@@ -76,8 +76,8 @@ def configure_orbax() -> None:
 def _quiet_closed_loop():
     """sys.unraisablehook that drops the "Event loop is closed" RuntimeError of a callback that tensorstore delivers
     to orbax's asyncio loop after that loop was closed (tensorstore reports it with PyErr_WriteUnraisable); the
-    rest goes to Python's own hook. (Not a wrapper of whatever hook was installed: a test runner's per-test hook,
-    kept past its test, crashed the interpreter on the next unraisable error with "lost sys.stderr".)"""
+    rest goes to Python's own hook. (Installed only over Python's own hook, never wrapping another one, such as a
+    test runner's per-test hook, which could outlive its test.)"""
     def hook(unraisable):
         frames, t = [], unraisable.exc_traceback
         while t is not None:
