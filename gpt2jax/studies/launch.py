@@ -199,21 +199,24 @@ def write_launch(out_dir: Path, record: dict) -> None:
     tmp.replace(out_dir / LAUNCH_FILE)
 
 
-try:
-    from submitit.helpers import Checkpointable as _Base
-except ImportError:  # without submitit the class still exists (launch() says what to install)
-    _Base = object
-
-
-class SweepTask(_Base):
+class SweepTask:
     """One array task: train the sweep jobs that hold these runs (by run name, so that a replica group that was
     split into single runs by a resume is still found), in this process, as `--parallel`'s children do.
-    A submitit Checkpointable: on a preemption its checkpoint() resubmits this same call, which resumes."""
+    Checkpointable as submitit understands it (a `checkpoint` method): on a preemption its checkpoint() resubmits
+    this same call, which resumes. Not a subclass of submitit.helpers.Checkpointable, so that this module never
+    imports submitit unless a sweep goes through it: importing submitit reconfigures the logging module (its
+    logger.py calls logging.config.dictConfig at import), which closed a test runner's captured stderr."""
 
     def __init__(self, experiment_file: str, extra: dict, on_change: str = "stop"):
         self.experiment_file = experiment_file
         self.extra = extra
         self.on_change = on_change
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's requeue after a preemption: the same call again, which resumes from the run directories."""
+        from submitit.helpers import DelayedSubmission  # lazily: see the class docstring
+
+        return DelayedSubmission(self, *args, **kwargs)
 
     def __call__(self, runs: list[str]) -> dict:
         from gpt2jax import sweep
