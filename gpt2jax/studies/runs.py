@@ -12,6 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from gpt2jax.training.drift import flatten  # the nested config as {'a.b': value}
+
 # Fields that do not change a run's results: how it is shown, logged, checkpointed, compiled, laid out on
 # devices, or where it lives. Any other difference from the run dir's config.json makes the run not current.
 IGNORED_FIELDS = (
@@ -94,17 +96,6 @@ def rebuild_summary(config, old: dict) -> dict | None:
 
 # ---- is the run the one the sweep asks for? -----------------------------------------------------------------
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _ignored(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in IGNORED_FIELDS)
 
@@ -124,9 +115,9 @@ def resolved_dict(config) -> dict:
 
     try:
         spec = resolve(config, open_split(config.data.dir, "train", config.data.tokenizer).tokenizer)
-        return _flatten(json.loads(spec.config.to_json_best_effort(sort_keys=True)))
+        return flatten(json.loads(spec.config.to_json_best_effort(sort_keys=True)))
     except Exception:  # noqa: BLE001 - missing data etc. is the trainer's to report; compare as written
-        return _flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+        return flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
 
 
 def config_differences(config, defaults: dict | None = None) -> list[str]:
@@ -142,10 +133,10 @@ def config_differences(config, defaults: dict | None = None) -> list[str]:
     if defaults is None:
         from gpt2jax.training.schema import base_config
 
-        defaults = _flatten(json.loads(base_config().to_json_best_effort(sort_keys=True)))
+        defaults = flatten(json.loads(base_config().to_json_best_effort(sort_keys=True)))
     now = resolved_dict(config)
     diffs = []
-    for old in (_flatten(d) for d in written):
+    for old in (flatten(d) for d in written):
         for key in sorted(set(now) | set(old)):
             if _ignored(key):
                 continue
