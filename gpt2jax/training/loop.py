@@ -436,6 +436,9 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
     tx, schedule = make_optimizer(spec.optim, spec.model)
     if replicas and (spec.config.init_from or t.get("fork_from")):
         raise ckpt_lib.RunDirError("replicas start from their seeds: train runs with init_from or fork_from one by one")
+    # the loaders check that the splits hold a batch: a data error stops here, before any run dir is touched
+    loaders = [Loader(train_split, seq_len, t.batch_size, t.grad_accum, s.config.seed) for s in specs]
+    val_loaders = [Loader(val_split, seq_len, t.eval_batch_size, 1, s.config.seed) for s in specs]
     stop.check_startup()
 
     ckpts = [open_run_dir(s, tokenizer, stack, say) for s in specs]
@@ -450,11 +453,11 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
     run_layout = layout.over_replicas(len(specs)) if replicas else layout
     fns, eval_fn, compile_s = compile_run(spec, run_layout, schedule, say)
     stop.check_startup()
-    members = [Member(s, Loader(train_split, seq_len, t.batch_size, t.grad_accum, s.config.seed), c,
+    members = [Member(s, loader, c,
                       metrics_lib.MetricsLogger(s.run_dir, t.tensorboard, enabled=lead, wandb=s.config.logging.wandb,
                                                 config=json.loads(s.config.to_json_best_effort()),
                                                 name=s.config.name))
-               for s, c in zip(specs, ckpts)]
+               for s, loader, c in zip(specs, loaders, ckpts)]
     if replicas:
         start, state = start_replicas(members, layout, run_layout, say)
     else:
@@ -469,7 +472,6 @@ def start_run(configs: list, devices, stop: StopSignals, stack: contextlib.ExitS
             weights_in.write_record(spec.run_dir, init[1])
         if fork is not None:
             fork_lib.write_record(spec.run_dir, fork)
-    val_loaders = [Loader(val_split, seq_len, t.eval_batch_size, 1, s.config.seed) for s in specs]
     if replicas:
         val_batches = jax.device_put(np.stack([v.rows(0, 0, t.eval_batch_size, t.eval_batches) for v in val_loaders]),
                                      run_layout.stacked_batch)  # (S, eval_batches, 1, B, T+1)
