@@ -57,8 +57,17 @@ class TrainingStopped(RuntimeError):
     """Training stopped on purpose (non-finite loss, a hung step): the message says where and what to do."""
 
 
-class StartupInterrupted(Exception):
+class Stopped(Exception):
+    """A stop signal ended the command cleanly (exit 3, STOPPED_EXIT_CODE): whatever needed saving was saved; the
+    message says so and how to resume."""
+
+
+class StartupInterrupted(Stopped):
     """A stop signal arrived before training started: nothing needed saving, the run stops cleanly (exit 3)."""
+
+
+class SweepStopped(Stopped):
+    """A stop signal reached a sweep: the runs in training checkpointed and stopped, no further run was started."""
 
 
 # OSErrors that are the machine's state, not a bug: the message (with the path) is the whole story
@@ -92,13 +101,13 @@ def exit_code(error: BaseException) -> int:
 
 def run_cli(main, argv=None) -> int:
     """Run `main(argv)`; returns the exit code (0, or 1/2 after printing one `error: ...` line, 3 after a stop
-    signal during start-up)."""
+    signal (`Stopped`))."""
     try:
         result = main(argv)
     except (SaveError, TrainingStopped, *user_errors()) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return exit_code(e)
-    except StartupInterrupted as e:
+    except Stopped as e:
         print(str(e), file=sys.stderr, flush=True)
         return STOPPED_EXIT_CODE
     except OSError as e:

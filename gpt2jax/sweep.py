@@ -74,6 +74,7 @@ import ml_collections
 import numpy as np
 
 from gpt2jax.config import ConfigError
+from gpt2jax.errors import STOPPED_EXIT_CODE, SweepStopped
 
 
 SWEEP_CACHE = "xla_cache"  # under runs/<name>/, beside the runs
@@ -475,16 +476,24 @@ def jobs_of(experiment, configs) -> list[list]:
 
 
 def run_job(job) -> None:
+    """Train one job (a run, or the seeds of a variant as replicas). A stop signal during it (the run checkpoints
+    and stops, `gpt2jax.runtime.signals`) stops the sweep too: raises errors.SweepStopped (exit 3), so no further
+    run starts under a scheduler's notice or after Ctrl-C."""
     from gpt2jax.train import train
 
     if len(job) > 1:
         from gpt2jax.training.replicas import train_replicas
 
         print(f"training {len(job)} seeds of {job[0][0]} as one vmapped program: " + ", ".join(c.name for _, c in job))
-        train_replicas([c for _, c in job])
+        summaries = train_replicas([c for _, c in job])
     else:
         print(f"training {job[0][1].name}")
-        train(job[0][1])
+        summaries = [train(job[0][1])]
+    stopped = [s for s in summaries if s.get("stopped_early") and s.get("stopped_by")]
+    if stopped:
+        raise SweepStopped(f"sweep stopped by {stopped[0]['stopped_by']}: {job_name(job)} saved a checkpoint at step "
+                           f"{stopped[0]['step']}; no further run was started, finished runs are kept; rerun the "
+                           f"same command to resume (exit {STOPPED_EXIT_CODE})")
 
 
 def job_name(job) -> str:

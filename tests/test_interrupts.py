@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gpt2jax.errors import STOPPED_EXIT_CODE
+from gpt2jax.runtime.signals import DUPLICATE_S
 from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.weights.checkpoint import Checkpoints
 
@@ -89,7 +90,7 @@ def test_a_second_signal_exits_at_once_and_completed_checkpoints_stay_good(char_
     run = tmp_path / "run"
     assert wait_for(lambda: len(train_records(run)) >= 9, proc), finish(proc)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
+    time.sleep(2 * DUPLICATE_S)  # sooner, it would count as the first delivered twice
     proc.send_signal(signal.SIGTERM)
     t = time.time()
     out = finish(proc, timeout=30)

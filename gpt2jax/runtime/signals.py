@@ -6,7 +6,9 @@ During start-up (data, restore, compilation) a signal stops the run at the next 
 message (exit 3, `gpt2jax.errors.STOPPED_EXIT_CODE`): nothing has been trained, so nothing needs saving. In the
 loop the first signal asks the loop to finish its step, save a checkpoint, wait for in-flight saves and exit 3
 (stopped early; rerun to resume). A second signal exits at once (exit code 128 + signal) without touching
-completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored).
+completed checkpoints (an in-flight save is left as orbax's temporary directory, which is ignored). The same
+signal again within DUPLICATE_S of the first counts once: a scheduler that signals every process of a job and a
+parallel sweep that passes the signal on to its children (gpt2jax.studies.parallel) deliver it twice.
 In multi-process runs the processes agree on the stop step at log steps (`should_stop`).
 Handlers can only be installed from the main thread; elsewhere they are skipped.
 """
@@ -15,16 +17,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from gpt2jax.errors import StartupInterrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+DUPLICATE_S = 1.0  # a repeat of the first signal sooner than this is the same request delivered twice
 
 
 class StopSignals:
     def __init__(self, say=lambda m: print(m, file=sys.stderr, flush=True)):
         self.say = say
         self.requested: str | None = None  # the signal's name once one arrived
+        self.requested_at = 0.0  # time.monotonic() of its arrival
         self.in_loop = False
         self.previous: dict = {}
 
@@ -43,11 +48,13 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
+        if name == self.requested and time.monotonic() - self.requested_at < DUPLICATE_S:
+            return
         if self.requested is not None:
             self.say(f"{name} again: exiting now without saving; completed checkpoints are untouched")
             sys.stdout.flush()
             os._exit(128 + signum)
-        self.requested = name
+        self.requested, self.requested_at = name, time.monotonic()
         if not self.in_loop:
             self.say(f"{name}: stopping at the next safe point of start-up; send it again to exit at once")
             return

@@ -220,7 +220,7 @@ class SweepTask:
 
     def __call__(self, runs: list[str]) -> dict:
         from gpt2jax import sweep
-        from gpt2jax.errors import StartupInterrupted
+        from gpt2jax.errors import Stopped
 
         experiment = sweep.load_py(self.experiment_file, "get_experiment")
         configs = sweep.build_configs(experiment, self.extra)
@@ -233,24 +233,16 @@ class SweepTask:
         for job in mine:
             try:
                 sweep.run_job(job)
-            except StartupInterrupted as e:  # the signal came before the first step: nothing to save
+            except Stopped as e:  # the run checkpointed and stopped, or the signal came before its first step
                 if f"SIG{PREEMPT_SIGNAL}" not in str(e):
-                    raise
+                    raise  # another stop signal (scancel's SIGTERM): the task ends, exit 3
                 print(str(e), file=sys.stderr, flush=True)
                 preempted = True
-            preempted = preempted or any(stopped_by_preemption(c) for _, c in job)
             if preempted:
                 break
         if preempted:
             hand_to_submitit()
         return {c.name: ("stopped" if preempted else "trained") for job in mine for _, c in job}
-
-
-def stopped_by_preemption(config) -> bool:
-    from gpt2jax.studies.runs import _read_json, run_dir
-
-    summary = _read_json(run_dir(config) / "summary.json") or {}
-    return bool(summary.get("stopped_early")) and summary.get("stopped_by") == f"SIG{PREEMPT_SIGNAL}"
 
 
 def hand_to_submitit() -> None:

@@ -5,14 +5,20 @@
              (sched_setaffinity) and told its thread count (XLA intra-op threads, OMP_NUM_THREADS)
 A child's output goes to <log_dir>/<job>.log; this process prints one progress line per start and finish.
 Finished runs are skipped by the children as by the sequential sweep, so a stopped parallel sweep resumes.
+
+A stop signal (SIGTERM, SIGINT, SIGUSR1, SIGHUP) to this process is passed to every running child, which
+checkpoints and stops (exit 3); no further job starts, and this process exits 3 once they have (errors.SweepStopped).
+The children run in sessions of their own, so Ctrl-C reaches them once, through this process.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,41 +64,71 @@ def safe_name(job: str) -> str:
 
 def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log_dir: Path,
                  flags: list[str] | tuple = ()) -> None:
-    """Run every job in a child process, at most k at once; raise SystemExit naming failed jobs and their logs.
+    """Run every job in a child process, at most k at once; raise SystemExit naming failed jobs and their logs, or
+    errors.SweepStopped after a stop signal (passed on to the running children, see the module docstring).
     flags: more arguments for each child (e.g. --on_change rename, so that it names the runs as this process)."""
     import json
+
+    from gpt2jax.errors import STOPPED_EXIT_CODE, SweepStopped
+    from gpt2jax.runtime.signals import SIGNALS
 
     log_dir.mkdir(parents=True, exist_ok=True)
     slots = resource_slots(min(k, len(jobs)))
     free = list(range(len(slots)))
-    pending, running, failed, finished = list(jobs), {}, [], 0
+    pending, running, failed, stopped, finished = list(jobs), {}, [], [], 0
+    requested: list[str] = []
     t0 = time.time()
     sets = [a for key, value in extra.items() for a in ("--set", f"{key}={json.dumps(value)}")]
+
+    def pass_on(signum, frame):
+        name = signal.Signals(signum).name
+        if not requested:
+            print(f"{name}: passing it to the {len(running)} running job(s), which checkpoint and stop; no further "
+                  "job starts (send it again to make them exit without saving)", flush=True)
+        requested.append(name)
+        pending.clear()
+        for proc in running:
+            proc.send_signal(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be installed there
+    previous = {sig: signal.signal(sig, pass_on) for sig in SIGNALS} if main_thread else {}
     print(f"parallel: {len(jobs)} jobs, {len(slots)} at once; logs in {log_dir}/")
-    while pending or running:
-        while pending and free:
-            job, slot = pending.pop(0), free.pop(0)
-            log = open(log_dir / f"{safe_name(job)}.log", "w")
-            cpus = slots[slot]["cpus"]
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gpt2jax.sweep", experiment_file, *sets, *flags, "--only", job],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **slots[slot]["env"], "PYTHONUNBUFFERED": "1"},
-                preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None)
-            running[proc] = (job, slot, log, time.time())
-            _progress(t0, finished, len(jobs), running, f"started {job}")
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            job, slot, log, started = running.pop(proc)
-            log.close()
-            free.append(slot)
-            finished += 1
-            if proc.returncode:
-                failed.append((job, proc.returncode))
-            status = "done" if not proc.returncode else f"FAILED (exit {proc.returncode})"
-            _progress(t0, finished, len(jobs), running, f"{status} {job} in {time.time() - started:.0f}s")
+    try:
+        while pending or running:
+            while pending and free:
+                job, slot = pending.pop(0), free.pop(0)
+                log = open(log_dir / f"{safe_name(job)}.log", "w")
+                cpus = slots[slot]["cpus"]
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "gpt2jax.sweep", experiment_file, *sets, *flags, "--only", job],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, **slots[slot]["env"], "PYTHONUNBUFFERED": "1"},
+                    preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None)
+                running[proc] = (job, slot, log, time.time())
+                _progress(t0, finished, len(jobs), running, f"started {job}")
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                job, slot, log, started = running.pop(proc)
+                log.close()
+                free.append(slot)
+                finished += 1
+                if requested and proc.returncode == STOPPED_EXIT_CODE:
+                    stopped.append(job)
+                elif proc.returncode:
+                    failed.append((job, proc.returncode))
+                status = ("stopped" if job in stopped else "done" if not proc.returncode
+                          else f"FAILED (exit {proc.returncode})")
+                _progress(t0, finished, len(jobs), running, f"{status} {job} in {time.time() - started:.0f}s")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if failed:
         raise SystemExit("error: " + "; ".join(f"job {j} exited with {rc}, see {log_dir / (safe_name(j) + '.log')}"
                                                 for j, rc in failed) + ". Finished runs are kept: rerun to resume.")
+    if requested:
+        raise SweepStopped(f"sweep stopped by {requested[0]}: {', '.join(stopped) or 'no job'} saved a checkpoint and "
+                           f"stopped; no further job was started, finished runs are kept; rerun the same command to "
+                           f"resume (exit {STOPPED_EXIT_CODE})")
 
 
 def _progress(t0, finished, total, running, event) -> None:
