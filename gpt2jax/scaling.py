@@ -156,8 +156,11 @@ def check_saturating(fit: dict, key: str = "alpha") -> list[str]:
 def interval_flags(fit: dict) -> list[str]:
     flags = []
     for k, (lo, hi) in fit.get("interval", {}).items():
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        if math.isnan(lo) or math.isnan(hi):
             flags.append(f"no bootstrap interval for {k}: the resampled fits failed")
+        elif not (math.isfinite(lo) and math.isfinite(hi)):
+            flags.append(f"unbounded bootstrap interval for {k} ([{lo:.3g}, {hi:.3g}]): resampled fits send it to "
+                         "infinity, these runs do not determine it")
         elif hi - lo <= 1e-9 * max(1.0, abs(fit.get(k, 1.0))):
             flags.append(f"zero-width interval for {k}: every resample gives the same fit (degenerate data)")
     return flags
@@ -440,13 +443,18 @@ def fit_parametric(n, d, loss, delta: float = HUBER_DELTA, n_boot: int = N_BOOT,
         raise ValueError(f"the fit is degenerate ({bad[0]} = {out[bad[0]]})")
     flags = [f"{k} = {out[k]:.3f} lies outside [0, {ALPHA_BOUNDS[1]}]: not a plausible exponent, these runs do "
              "not determine it" for k in ("alpha", "beta") if not 0 < out[k] <= ALPHA_BOUNDS[1]]
+    flags += [f"{k}'s 95% interval [{out['interval'][k][0]:.3g}, {out['interval'][k][1]:.3g}] reaches outside "
+              f"[0, {ALPHA_BOUNDS[1]}]: these runs do not pin the exponent down (more sizes or budgets)"
+              for k in ("alpha", "beta") if 0 < out[k] <= ALPHA_BOUNDS[1]
+              and not 0 < out["interval"][k][0] <= out["interval"][k][1] <= ALPHA_BOUNDS[1]]
     return _flagged(out, flags + interval_flags(out))
 
 
 def _parametric_dict(theta) -> dict:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return dict(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
-                a=beta / (alpha + beta), b=alpha / (alpha + beta))
+    with np.errstate(over="ignore"):  # a bootstrap draw may wander to log A > 709: inf, which the interval shows
+        E, A, B = (float(np.exp(v)) for v in (e, a, b))
+    return dict(E=E, A=A, B=B, alpha=alpha, beta=beta, a=beta / (alpha + beta), b=alpha / (alpha + beta))
 
 
 def predict_parametric(fit: dict, n, d):

@@ -230,3 +230,22 @@ def test_flop_conventions_and_published_laws(tmp_path):
     fits = scaling.fit_all(rows, fits=("isoflop", "L(C)", "parametric"))
     paths = scaling.plot_fits(fits, rows, tmp_path, compare=("kaplan2020", "hoffmann2022", "besiroglu2024"))
     assert all(scaling.PUBLISHED_NOTE in png_text(p) for p in paths)
+
+
+# The envelope of experiments/chinchilla_lr.py on this CPU (runs/chinchilla_lr_cpu, 8 learning rates): N, D, loss
+CPU_ISOFLOP_ENVELOPE = [
+    (1920, 2056192, 2.3584), (3456, 1183744, 2.2557), (5376, 781312, 2.2680), (10368, 419840, 2.4419),
+    (3456, 3945472, 2.1822), (5376, 2604032, 2.1175), (10368, 1399808, 2.0726), (16896, 879616, 2.2655),
+    (5376, 7812096, 2.0695), (10368, 4200448, 1.9930), (16896, 2638848, 1.9828), (29600, 1398784, 2.0019)]
+
+
+def test_parametric_fit_of_twelve_noisy_points_flags_its_loose_exponents_instead_of_crashing():
+    """A bootstrap draw of these rows sends log A past 709: math.exp raised OverflowError at the end of the sweep
+    (all 96 runs trained, no table). Now the draw's A is inf, and the exponents' intervals, which reach far past
+    any plausible exponent, flag the fit instead of reporting it."""
+    n, d, loss = (np.array(v, float) for v in zip(*CPU_ISOFLOP_ENVELOPE))
+    fit = scaling.fit_parametric(n, d, loss)
+    assert 0 < fit["alpha"] <= scaling.ALPHA_BOUNDS[1] and 0 < fit["beta"] <= scaling.ALPHA_BOUNDS[1]
+    assert fit["interval"]["alpha"][1] > scaling.ALPHA_BOUNDS[1]
+    assert any("alpha's 95% interval" in f and "do not pin the exponent down" in f for f in fit["flags"])
+    assert scaling._parametric_dict([800.0, 0.0, 0.0, 0.3, 0.3])["A"] == float("inf")
