@@ -1,5 +1,6 @@
 """An IsoFLOP study with a tuned learning rate on this CPU: experiments/chinchilla.py's design one budget lower
-(3e10, 1e11, 3e11 FLOPs, four sizes each) at three learning rates. The fits take, per (model size, budget), the
+(3e10, 1e11, 3e11 FLOPs, four sizes each) over eight learning rates (1e-3 to 1.28e-1, grown from three until every
+best was inside the grid). The fits take, per (model size, budget), the
 lr with the lowest loss (the envelope, `tuned=("optim.lr",)`); the table names the winner and flags a winner at
 the edge of the lr grid ("extend the lr grid"). Hoffmann et al. 2022's and Besiroglu et al. 2024's laws are drawn
 beside the fits for their shape (their losses are nats per token of other data and tokenizers).
@@ -15,7 +16,7 @@ from gpt2jax.training.compute import isoflop_grid
 SEQ_LEN, BATCH = 64, 16
 BUDGETS = [3e10, 1e11, 3e11]  # training FLOPs per run (6N+12LTC)
 SIZES = [(1, 8), (1, 12), (1, 16), (1, 24), (1, 32), (2, 32)]  # (n_layer, n_embd), 16-wide heads
-LRS = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]  # grown twice: every best was at the top of the grid
+LRS = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 1.28e-1]  # grown three times: bests were at the top of the grid
 
 
 def get_experiment():
