@@ -57,3 +57,35 @@ def full_precision_matmuls():
     (TF32-class) passes, so these tests pin full precision (a no-op on CPU)."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+def tiny_run_config(data_dir, run_root, name="run", **train_fields):
+    """configs/tiny_test.py as run_root/name: 20 steps, checkpoints at 10 and 20 (keep 3); train_fields override."""
+    from gpt2jax.train import parse_config
+
+    c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py")])
+    c.data.dir, c.run_root, c.name = str(data_dir), str(run_root), name
+    c.train.update(**{**dict(max_steps=20, log_every=5, eval_every=10, keep_checkpoints=3), **train_fields})
+    return c
+
+
+def train_on_one_device(config):
+    """Train on one device (the 8 simulated ones only slow a tiny model down)."""
+    from gpt2jax.train import train
+
+    return train(config, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def good_run(char_data, tmp_path_factory):
+    """A tiny run with verified checkpoints at steps 10 and 20: read-only for the tests, which copy it
+    (copy_run)."""
+    root = tmp_path_factory.mktemp("good_run")
+    train_on_one_device(tiny_run_config(char_data, root))
+    return root / "run"
+
+
+def copy_run(good_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    return run

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,36 +26,13 @@ from gpt2jax.training import drift, metrics as metrics_lib
 from gpt2jax.training.schema import check_train_config
 from gpt2jax.weights import checkpoint as ckpt_lib
 from gpt2jax.weights.checkpoint import Checkpoints, load_run
-from gpt2jax.train import parse_config, train
+from tests.conftest import copy_run, tiny_run_config as tiny, train_on_one_device as run1
+from tests.procs import TINY, finish, start, train_steps, trainer_argv, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny_test.py")
 pytestmark = pytest.mark.filterwarnings("ignore:Sharding info not provided")
 
 
-def tiny(data_dir, run_root, name="run", **train_fields):
-    c = parse_config(["train", "--config", TINY])
-    c.data.dir, c.run_root, c.name = str(data_dir), str(run_root), name
-    c.train.update(**{**dict(max_steps=20, log_every=5, eval_every=10, keep_checkpoints=3), **train_fields})
-    return c
-
-
-def run1(config):
-    return train(config, devices=jax.devices()[:1])
-
-
-@pytest.fixture(scope="module")
-def good_run(char_data, tmp_path_factory):
-    """A tiny run with verified checkpoints at steps 10 and 20 (the tests copy it)."""
-    root = tmp_path_factory.mktemp("good37")
-    run1(tiny(char_data, root))
-    return root / "run"
-
-
-def copy_run(good_run, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(good_run, run)
-    return run
 
 
 def params_of(run_dir, step):
@@ -127,37 +103,7 @@ def test_finding4_sigusr1_and_sighup_are_stop_signals():
 
 
 def argv(data_dir, run_root, *extra, cache=""):
-    return [sys.executable, "-m", "gpt2jax.train", "--config", TINY, f"--config.data.dir={data_dir}",
-            f"--config.run_root={run_root}", "--config.name=run", "--config.train.log_every=1",
-            "--config.train.eval_every=100000", f"--config.train.compilation_cache_dir={cache}", *extra]
-
-
-def start(cmd, env_extra=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def wait_for(predicate, proc, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def finish(proc, timeout=180):
-    try:
-        return proc.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"the trainer did not end within {timeout} s: {proc.communicate()[0][-2000:]}")
-
-
-def train_steps(run_dir):
-    return [r["step"] for r in metrics_lib.read_metrics(run_dir) if r["kind"] == "train"]
+    return trainer_argv(data_dir, run_root, "--config.train.eval_every=100000", *extra, cache=cache)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,8 @@
 
 Every child resets SIGINT to its default: background shell jobs start with it ignored (STACK-FACTS)."""
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from gpt2jax.errors import STOPPED_EXIT_CODE
 from gpt2jax.runtime.signals import DUPLICATE_S
 from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.weights.checkpoint import Checkpoints
+from tests.procs import finish, start, trainer_argv, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,37 +29,11 @@ def cache(tmp_path_factory):
 
 
 def argv(data_dir, run_root, *extra, cache_dir=""):
-    return [sys.executable, "-m", "gpt2jax.train", "--config", str(REPO / "configs" / "tiny_test.py"),
-            f"--config.data.dir={data_dir}", f"--config.run_root={run_root}", "--config.name=run",
-            "--config.train.log_every=1", f"--config.train.compilation_cache_dir={cache_dir}", *extra]
-
-
-def start(cmd, env_extra=None):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def wait_for(predicate, proc, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    return trainer_argv(data_dir, run_root, *extra, cache=cache_dir)
 
 
 def train_records(run_dir):
     return [r for r in metrics_lib.read_metrics(run_dir) if r["kind"] == "train"]
-
-
-def finish(proc, timeout=120):
-    try:
-        return proc.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"the trainer did not end within {timeout} s: {proc.communicate()[0][-2000:]}")
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_3(char_data, tmp_path, cache):

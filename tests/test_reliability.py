@@ -3,7 +3,6 @@
 import errno
 import json
 import math
-import shutil
 from pathlib import Path
 
 import jax
@@ -16,23 +15,11 @@ from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.weights.checkpoint import Checkpoints, CorruptCheckpointError, load_run
 from gpt2jax.errors import SaveError, TrainingStopped
 from gpt2jax.runtime.lock import RunDirLock, RunDirLocked
-from gpt2jax.train import parse_config, train
+from tests.conftest import copy_run, tiny_run_config as tiny, train_on_one_device as run1
 
 REPO = Path(__file__).resolve().parents[1]
 # the tests read checkpoints as plain numpy with orbax, without shardings
 pytestmark = pytest.mark.filterwarnings("ignore:Sharding info not provided")
-
-
-def tiny(data_dir, run_root, name="run", **train_fields):
-    c = parse_config(["train", "--config", str(REPO / "configs" / "tiny_test.py")])
-    c.data.dir, c.run_root, c.name = str(data_dir), str(run_root), name
-    c.train.update(**{**dict(max_steps=20, log_every=5, eval_every=10, keep_checkpoints=3), **train_fields})
-    return c
-
-
-def run1(config):
-    """Train on one device (the 8 simulated ones only slow a tiny model down)."""
-    return train(config, devices=jax.devices()[:1])
 
 
 def leaves(tree):
@@ -42,20 +29,6 @@ def leaves(tree):
 def saved_params(run_dir, step):
     """The params of a step as numpy, read with plain orbax (no verification)."""
     return leaves(ocp.PyTreeCheckpointer().restore(Path(run_dir) / "checkpoints" / str(step) / "params"))
-
-
-@pytest.fixture(scope="module")
-def good_run(char_data, tmp_path_factory):
-    """A tiny run with verified checkpoints at steps 10 and 20 (read-only for the tests: they copy it)."""
-    root = tmp_path_factory.mktemp("good")
-    run1(tiny(char_data, root))
-    return root / "run"
-
-
-def copy_run(good_run, tmp_path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(good_run, run)
-    return run
 
 
 def largest_file(directory: Path) -> Path:

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from gpt2jax.errors import STOPPED_EXIT_CODE
-from gpt2jax.training import metrics as metrics_lib
 from gpt2jax.weights.checkpoint import Checkpoints
 from tests.conftest import REPO, XLA_CACHE
+from tests.procs import finish, start, train_steps, wait_for
 
 EXPERIMENT = '''
 from gpt2jax.sweep import Experiment
@@ -30,44 +29,25 @@ def get_experiment():
 '''
 
 
-def steps_of(run_dir):
-    return [r["step"] for r in metrics_lib.read_metrics(run_dir) if r["kind"] == "train"]
-
-
 def sweep(tmp_path, char_data, *flags):
     exp = tmp_path / "exp.py"
     exp.write_text(EXPERIMENT.format(base=REPO / "configs" / "tiny_test.py", data=char_data, cache=XLA_CACHE,
                                      root=tmp_path / "runs"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2jax.sweep", str(exp), *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True)
+    proc = start([sys.executable, "-m", "gpt2jax.sweep", str(exp), *flags], new_session=True)
     return proc, tmp_path / "runs" / "sig"
 
 
-def wait_until_training(proc, runs, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if all(len(steps_of(r)) >= 3 for r in runs if r.exists()) and all(r.exists() for r in runs):
-            return
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"the sweep's runs did not start training: {proc.communicate()[0][-3000:]}")
-
-
-def finish(proc, timeout=120):
-    try:
-        return proc.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"the sweep did not end within {timeout} s: {proc.communicate()[0][-3000:]}")
+def wait_until_training(proc, runs):
+    if not wait_for(lambda: all(r.exists() and len(train_steps(r)) >= 3 for r in runs), proc, timeout=240):
+        proc.kill()
+        pytest.fail(f"the sweep's runs did not start training: {proc.communicate()[0][-3000:]}")
 
 
 def assert_stopped_with_a_checkpoint(run, sig):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_early"] and summary["stopped_by"] == sig.name
     ckpts = Checkpoints(run, read_only=True)
-    assert ckpts.latest_step() == summary["step"] == steps_of(run)[-1] and ckpts.problem(summary["step"]) is None
+    assert ckpts.latest_step() == summary["step"] == train_steps(run)[-1] and ckpts.problem(summary["step"]) is None
 
 
 def test_sigterm_stops_a_sequential_sweep_after_the_run_checkpoints(char_data, tmp_path):
