@@ -7,7 +7,8 @@
 
 An experiment file defines `get_experiment()` returning an `Experiment`:
     name        the sweep's directory: runs/<name>/<variant>/ for each run, runs/<name>/results.* for the table
-    base        a training config file (configs/*.py)
+    base        a training config file (configs/*.py), or a shipped config's name ("shakespeare_char"; also found
+                as "configs/<name>.py" when the sweep runs outside a checkout)
     overrides   dotted field -> value, applied to every variant
     grid        dotted field -> list of values; the variants are their cartesian product
     metric      a key of the run's summary.json (dotted), e.g. "final.val_loss"
@@ -229,6 +230,22 @@ def budgets(experiment) -> dict[str, float]:
     return out
 
 
+def base_config_file(experiment) -> Path:
+    """The experiment's base config: a file, else a shipped config of that name ("gpt2", or "configs/gpt2.py"
+    from an experiment written in a checkout and run elsewhere: gpt2jax.shipped)."""
+    from gpt2jax import shipped
+
+    path = Path(experiment.base)
+    if path.is_file():
+        return path
+    found = shipped.shipped_config(path.name) if path.parent in (Path("."), Path("configs")) else None
+    if found is None:
+        raise ConfigError(f"experiment {experiment.name}: base={experiment.base!r} is no file (from {Path.cwd()}) "
+                          f"and no shipped config; pass a config file or one of "
+                          f"{', '.join(shipped.shipped_configs())}")
+    return found
+
+
 def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_collections.ConfigDict]]:
     from gpt2jax.training.schema import check_train_config
 
@@ -236,7 +253,7 @@ def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_colle
     seeds = experiment.seed_list()
     for name, overrides in variants(experiment):
         for seed in seeds or [None]:
-            config = load_py(experiment.base, "get_config")
+            config = load_py(base_config_file(experiment), "get_config")
             for field, value in {**overrides, **extra}.items():
                 set_field(config, field, value)
             config.name = name if seed is None else f"{name},seed={seed}"

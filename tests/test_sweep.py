@@ -321,3 +321,17 @@ def test_config_differences_name_only_fields_that_change_results(tmp_path, char_
     (run / "config.before_step2.json").write_text((run / "config.json").read_text().replace('"seed": 0', '"seed": 5'))
     assert config_differences(config) == ["seed 5 -> 0"]  # resumed under other settings: a mix, not this run
     assert len(config_tag(config)) == 8
+
+
+def test_base_config_by_shipped_name_and_from_outside_a_checkout(tmp_path, monkeypatch):
+    """An experiment's base may name a shipped config, and `configs/<name>.py` (as the experiments/ files write it)
+    still resolves when the sweep runs from another directory; anything else is refused naming the fix."""
+    from gpt2jax.sweep import build_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for base in ("tiny_test", "configs/tiny_test.py"):
+        exp = Experiment(name="x", base=base, grid={"model.n_head": [1]}, run_root=str(tmp_path))
+        (name, config), = build_configs(exp, {})
+        assert config.model.n_embd == 32 and config.train.max_steps == 20  # configs/tiny_test.py's values
+    with pytest.raises(ConfigError, match=r"base='nope' is no file .* and no shipped config; .*tiny_test"):
+        build_configs(Experiment(name="x", base="nope", grid={"model.n_head": [1]}), {})
