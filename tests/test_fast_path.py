@@ -143,6 +143,21 @@ def test_bf16_training_tracks_fp32_with_fp32_state():
         assert {x.dtype for x in jax.tree.leaves((state["params"], state["opt_state"])) if x.ndim} == {np.dtype("float32")}
 
 
+@pytest.mark.parametrize("per_device,tokens_per_step,advice", [
+    (0, 0, "Lower --config.train.batch_size (raise --config.train.grad_accum to keep the tokens per step)"),
+    (16, 0, "Lower --config.train.batch_size_per_device (raise --config.train.grad_accum to keep"),
+    (16, 524288, "Lower --config.train.batch_size_per_device (grad_accum follows, keeping train.tokens_per_step)"),
+    (0, 524288, "Lower --config.train.batch_size (grad_accum follows, keeping train.tokens_per_step)")])
+def test_the_fit_advice_names_the_batch_field_the_config_uses(per_device, tokens_per_step, advice):
+    """configs/gpt2.py sizes its batch per device: 'lower train.batch_size' would have been refused there (both
+    set the batch) and 'raise grad_accum' too (tokens_per_step derives it)."""
+    from gpt2jax.training.memory import smaller_batch_advice
+
+    c = parse_config(["train", "--config", str(REPO / "configs" / "gpt2.py")])
+    c.train.update(batch_size_per_device=per_device, tokens_per_step=tokens_per_step)
+    assert smaller_batch_advice(c.train).startswith(advice)
+
+
 def test_impossible_fit_stops_before_allocating(char_data, tmp_path):
     """GPT-2 1558M at batch 64 x 1024 on one device: the compiled step's figures exceed the host's RAM; the run
     stops with them and a suggestion, having allocated nothing (no 18 GB of parameters + AdamW state)."""

@@ -376,7 +376,7 @@ def compile_run(spec: TrainSpec, layout: StateLayout, schedule, say) -> tuple[di
                           in_shardings=(layout.shardings["params"], layout.stacked_batch),
                           out_shardings=replicated(mesh))
     compile_s = time.time() - t_compile
-    say(check_step_fits(fns.get("multi") or fns["step"], mesh.devices.flat))  # stops here if it cannot fit
+    say(check_step_fits(fns.get("multi") or fns["step"], mesh.devices.flat, spec.train))  # stops if it cannot fit
     return fns, eval_fn, compile_s
 
 

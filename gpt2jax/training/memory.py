@@ -58,8 +58,18 @@ def device_memory(devices) -> tuple[int | None, int, str]:
     return (int(limit) if limit else None), 1, f"{d.device_kind} memory"
 
 
-def check_step_fits(compiled, devices) -> str:
-    """One line with the step's memory and the device's; raises MemoryFitError with a suggestion if it can't fit."""
+def smaller_batch_advice(train=None) -> str:
+    """How to take fewer rows per step, in the terms the config sizes its batch in (train.batch_size or
+    train.batch_size_per_device; with train.tokens_per_step, grad_accum follows by itself)."""
+    field = "batch_size_per_device" if train is not None and train.batch_size_per_device else "batch_size"
+    keep = ("grad_accum follows, keeping train.tokens_per_step" if train is not None and train.tokens_per_step
+            else "raise --config.train.grad_accum to keep the tokens per step")
+    return f"Lower --config.train.{field} ({keep})"
+
+
+def check_step_fits(compiled, devices, train=None) -> str:
+    """One line with the step's memory and the device's; raises MemoryFitError with a suggestion if it can't fit.
+    train: the run's train section, for the suggestion's batch field."""
     need = StepMemory.of(compiled)
     if need is None:
         return "train step memory: not reported by this backend"
@@ -72,8 +82,8 @@ def check_step_fits(compiled, devices) -> str:
     if total > capacity:
         raise MemoryFitError(
             f"the compiled train step cannot fit: it needs {total / GiB:.1f} GiB ({sharing} x {need.describe()}) "
-            f"but the {where} is {capacity / GiB:.1f} GiB. Nothing was allocated. Lower --config.train.batch_size "
-            "(raise --config.train.grad_accum to keep the tokens per step), recompute activations with "
+            f"but the {where} is {capacity / GiB:.1f} GiB. Nothing was allocated. {smaller_batch_advice(train)}, "
+            "recompute activations with "
             "--config.model.remat=dots_no_batch (or full), use --config.model.dtype=bfloat16, or shard parameters "
             "and optimizer state over more devices with FSDP (--config.mesh.data=1 --config.mesh.fsdp=-1)."
         )
