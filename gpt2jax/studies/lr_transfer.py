@@ -7,7 +7,8 @@ reads runs/mup_transfer/results.csv (variants named "parametrization=...,n_embd=
 one row per seed) and writes lr_transfer.png and lr_transfer.md beside it (without a results.csv, e.g. a sweep still
 running or stopped, or with --from_runs: the finished runs' summary.json files, final.val_loss): per (parametrization, width) the mean
 loss over seeds at each lr, the best lr, and how many grid steps the best lr moves across widths (muP's claim:
-at most one).
+at most one). A width whose best is the lowest or highest lr it tried is flagged: its true best lies beyond, so
+the spread is only a lower bound until the grid is extended.
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def load_runs(sweep_dir: Path) -> dict:
 
 
 def analyse(data: dict) -> dict:
-    """Per parametrization: the lr grid, mean loss per width and lr, the best lr per width, and the spread of the
-    best lr across widths in grid steps."""
+    """Per parametrization: the lr grid, mean loss per width and lr, the best lr per width, the spread of the best
+    lr across widths in grid steps, and per width whether its best is the lowest or highest lr it tried (`edge`:
+    "lowest", "highest" or ""): then its true best lies beyond the grid, and the spread is not measured."""
     result = {}
     for param, by_width in data.items():
         grid = sorted({lr for per_lr in by_width.values() for lr in per_lr})
@@ -67,26 +69,35 @@ def analyse(data: dict) -> dict:
                 for w in widths}
         best = {w: min((lr for lr in grid if math.isfinite(mean[w][lr])), key=lambda lr: mean[w][lr])
                 for w in widths}
+        edge = {w: "lowest" if best[w] == min(by_width[w]) else "highest" if best[w] == max(by_width[w]) else ""
+                for w in widths}
         index = [grid.index(best[w]) for w in widths]
-        result[param] = dict(grid=grid, widths=widths, mean=mean, best=best, spread_steps=max(index) - min(index),
+        result[param] = dict(grid=grid, widths=widths, mean=mean, best=best, edge=edge,
+                             spread_steps=max(index) - min(index),
                              seeds={w: {lr: len(by_width[w].get(lr, [])) for lr in grid} for w in widths})
     return result
 
 
 def markdown(result: dict, metric: str) -> str:
     lines = ["# Learning-rate transfer across widths", "",
-             f"Mean {metric} over seeds; **bold**: the best lr of the width. Spread: how many grid steps the best lr "
-             "moves across widths.", ""]
+             f"Mean {metric} over seeds ((n): fewer seeds than the most in the table); **bold**: the best lr of the "
+             "width. Spread: how many grid steps the best lr moves across widths.", ""]
     for param, r in result.items():
-        best = ", ".join(f"{w}: {r['best'][w]:g}" for w in r["widths"])
-        lines += [f"## {param}: best lr per width {best}; spread {r['spread_steps']} grid step(s)", "",
+        best = ", ".join(f"{w}: {r['best'][w]:g}" + (f" ({r['edge'][w]} tried)" if r["edge"][w] else "")
+                         for w in r["widths"])
+        unbracketed = [str(w) for w in r["widths"] if r["edge"][w]]
+        spread = (f"spread {r['spread_steps']} grid step(s)" if not unbracketed else
+                  f"spread {r['spread_steps']} grid step(s) or more: the best lr of width(s) "
+                  f"{', '.join(unbracketed)} is at the edge of the lrs tried there, extend the grid")
+        most = max(n for w in r["widths"] for n in r["seeds"][w].values())
+        lines += [f"## {param}: best lr per width {best}; {spread}", "",
                   "| width | " + " | ".join(f"lr {lr:g}" for lr in r["grid"]) + " |",
                   "|---" * (len(r["grid"]) + 1) + "|"]
         for w in r["widths"]:
             cells = []
             for lr in r["grid"]:
-                v = r["mean"][w][lr]
-                text = "-" if math.isnan(v) else f"{v:.4f}"
+                v, n = r["mean"][w][lr], r["seeds"][w][lr]
+                text = "-" if math.isnan(v) else f"{v:.4f}" + (f" ({n})" if n < most else "")
                 cells.append(f"**{text}**" if lr == r["best"][w] else text)
             lines.append(f"| {w} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -107,7 +118,8 @@ def plot(result: dict, path: Path, metric: str) -> None:
             ax.plot([r["best"][w]], [r["mean"][w][r["best"][w]]], "*", ms=11, color=line.get_color())
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate")
-        ax.set_title(f"{param}: best lr spread {r['spread_steps']} grid step(s)", fontsize=9)
+        more = " or more (a best at the grid's edge)" if any(r["edge"].values()) else ""
+        ax.set_title(f"{param}: best lr spread {r['spread_steps']} grid step(s){more}", fontsize=9)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(f"{metric} (mean over seeds)")
     finite = [v for r in result.values() for w in r["widths"] for v in r["mean"][w].values() if math.isfinite(v)]
