@@ -1,5 +1,5 @@
 """muP learning-rate transfer on this CPU (Yang et al. 2022, "Tensor Programs V", Fig. 1): the same AdamW
-learning-rate grid at three widths, under SP and under muP (model.parametrization), two seeds each. Under muP the
+learning-rate grid at five widths, under SP and under muP (model.parametrization), two seeds each. Under muP the
 best lr should stay put as the width grows (within one grid step); under SP it moves (down, as width grows).
 
     python -m gpt2jax.data.prepare --input data/tinyshakespeare.txt --out data/prepared/shakespeare_char --tokenizer char
@@ -7,15 +7,17 @@ best lr should stay put as the width grows (within one grid step); under SP it m
     python -m gpt2jax.studies.lr_transfer runs/mup_transfer        # loss against lr per width: lr_transfer.png/.md
 
 Character-level Tiny Shakespeare, 2 layers, 4 heads (head_dim grows with width, so muP's 1/head_dim attention
-scale is exercised), widths 32, 64, 128 with muP's base width 32 (muP equals SP there but for the attention
-scale), T=64, B=16, 300 steps, cosine to lr/10 after 30 warmup steps, final validation loss. Seven learning
-rates a factor 2 apart (muP's best lr sits higher than SP's: at the base width it differs from SP only by the
-1/head_dim attention scale, and wider models take the multiplier r on their hidden matrices). See docs/studies.md ("muP transfer") for the table and plot.
+scale is exercised), widths 32 to 512 (a factor 16) with muP's base width 32 (muP equals SP there but for the
+attention scale), T=64, B=16, 300 steps, cosine to lr/10 after 30 warmup steps,
+final validation loss. Learning rates a factor 2 apart from 5e-4 to 1.28e-1: SP's best falls from 8e-3 at widths
+32-128 to 1e-3 and below at 512, muP's stays at 1.6e-2. The whole grid is 180 runs (about 2.5 h on this 2-core
+CPU, most of it the width-512 runs far from either optimum); docs/studies.md ("muP transfer") says which subset
+was run for its table and plot, and the sweep trains the rest when run whole.
 """
 from gpt2jax.sweep import Experiment
 
-WIDTHS = [32, 64, 128]
-LRS = [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 1.28e-1]
+WIDTHS = [32, 64, 128, 256, 512]
+LRS = [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 1.28e-1]
 STEPS = 300
 
 
