@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -21,7 +22,7 @@ def get_experiment():
     return Experiment(
         name="sig",
         base="{base}",
-        overrides={{"data.dir": "{data}", "train.max_steps": 20000, "train.log_every": 1,
+        overrides={{"data.dir": "{data}", "train.max_steps": 200000, "train.log_every": 1,
                     "train.eval_every": 100000, "train.compilation_cache_dir": "{cache}"}},
         grid={{"model.n_head": [1, 2, 4]}},
         run_root="{root}",
@@ -78,3 +79,21 @@ def test_ctrl_c_to_a_parallel_sweep_reaches_each_running_job_once(char_data, tmp
     assert not (out_dir / "n_head=4").exists()  # no further job started
     alive = subprocess.run(["pgrep", "-f", str(tmp_path / "exp.py")], capture_output=True, text=True).stdout
     assert not alive.strip(), f"jobs still running after the sweep stopped: {alive}"
+
+
+def test_a_parallel_sweep_killed_outright_leaves_no_job_training(char_data, tmp_path):
+    """SIGKILL cannot be handled: the jobs learn of it from Linux (PR_SET_PDEATHSIG sends them SIGTERM), checkpoint
+    and stop, instead of training on unseen while holding their run dirs' locks."""
+    proc, out_dir = sweep(tmp_path, char_data, "--parallel", "2")
+    running = [out_dir / "n_head=1", out_dir / "n_head=2"]
+    wait_until_training(proc, running)
+    proc.kill()
+    proc.communicate(timeout=30)
+    alive = lambda: subprocess.run(["pgrep", "-f", str(tmp_path / "exp.py")],  # noqa: E731
+                                   capture_output=True, text=True).stdout.strip()
+    deadline = time.time() + 120
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(), "jobs still training after their sweep was killed"
+    for run in running:
+        assert_stopped_with_a_checkpoint(run, signal.SIGTERM)

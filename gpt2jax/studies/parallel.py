@@ -8,7 +8,8 @@ Finished runs are skipped by the children as by the sequential sweep, so a stopp
 
 A stop signal (SIGTERM, SIGINT, SIGUSR1, SIGHUP) to this process is passed to every running child, which
 checkpoints and stops (exit 3); no further job starts, and this process exits 3 once they have (errors.SweepStopped).
-The children run in sessions of their own, so Ctrl-C reaches them once, through this process.
+The children run in sessions of their own, so Ctrl-C reaches them once, through this process. If this process is
+killed outright (SIGKILL), Linux sends each child SIGTERM (PR_SET_PDEATHSIG): they checkpoint and stop too.
 """
 from __future__ import annotations
 
@@ -62,6 +63,21 @@ def safe_name(job: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,-]", "_", job)
 
 
+def _child_setup(cpus: set | None, parent: int) -> None:
+    """In the child before exec: pin it to its cores, and on Linux have it sent SIGTERM if this process dies
+    (prctl PR_SET_PDEATHSIG), so that a sweep killed with SIGKILL leaves no job training unseen, holding its run
+    dir's lock: the job checkpoints and stops as after any SIGTERM."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nothing will signal this child
+            os._exit(1)
+
+
 def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log_dir: Path,
                  flags: list[str] | tuple = ()) -> None:
     """Run every job in a child process, at most k at once; raise SystemExit naming failed jobs and their logs, or
@@ -103,7 +119,7 @@ def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log
                     [sys.executable, "-m", "gpt2jax.sweep", experiment_file, *sets, *flags, "--only", job],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, **slots[slot]["env"], "PYTHONUNBUFFERED": "1"},
-                    preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None)
+                    preexec_fn=lambda c=cpus, p=os.getpid(): _child_setup(c, p))
                 running[proc] = (job, slot, log, time.time())
                 _progress(t0, finished, len(jobs), running, f"started {job}")
             time.sleep(0.5)
