@@ -251,9 +251,10 @@ def build_configs(experiment, extra: dict[str, Any]) -> list[tuple[str, ml_colle
 
     configs = []
     seeds = experiment.seed_list()
+    base = base_config_file(experiment)
     for name, overrides in variants(experiment):
         for seed in seeds or [None]:
-            config = load_py(base_config_file(experiment), "get_config")
+            config = load_py(base, "get_config")
             for field, value in {**overrides, **extra}.items():
                 set_field(config, field, value)
             config.name = name if seed is None else f"{name},seed={seed}"

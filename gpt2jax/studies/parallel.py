@@ -121,6 +121,8 @@ def run_parallel(experiment_file: str, extra: dict, jobs: list[str], k: int, log
                     env={**os.environ, **slots[slot]["env"], "PYTHONUNBUFFERED": "1"},
                     preexec_fn=lambda c=cpus, p=os.getpid(): _child_setup(c, p))
                 running[proc] = (job, slot, log, time.time())
+                if requested:  # the signal came between taking this job and starting it: pass it on too
+                    proc.send_signal(signal.Signals[requested[0]])
                 _progress(t0, finished, len(jobs), running, f"started {job}")
             time.sleep(0.5)
             for proc in [p for p in running if p.poll() is not None]:

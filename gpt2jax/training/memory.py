@@ -58,16 +58,16 @@ def device_memory(devices) -> tuple[int | None, int, str]:
     return (int(limit) if limit else None), 1, f"{d.device_kind} memory"
 
 
-def smaller_batch_advice(train=None) -> str:
+def smaller_batch_advice(train) -> str:
     """How to take fewer rows per step, in the terms the config sizes its batch in (train.batch_size or
     train.batch_size_per_device; with train.tokens_per_step, grad_accum follows by itself)."""
-    field = "batch_size_per_device" if train is not None and train.batch_size_per_device else "batch_size"
-    keep = ("grad_accum follows, keeping train.tokens_per_step" if train is not None and train.tokens_per_step
+    field = "batch_size_per_device" if train.batch_size_per_device else "batch_size"
+    keep = ("grad_accum follows, keeping train.tokens_per_step" if train.tokens_per_step
             else "raise --config.train.grad_accum to keep the tokens per step")
     return f"Lower --config.train.{field} ({keep})"
 
 
-def check_step_fits(compiled, devices, train=None) -> str:
+def check_step_fits(compiled, devices, train) -> str:
     """One line with the step's memory and the device's; raises MemoryFitError with a suggestion if it can't fit.
     train: the run's train section, for the suggestion's batch field."""
     need = StepMemory.of(compiled)
